@@ -1,0 +1,266 @@
+"""The `modelquant` command line: parses flags, runs the pipeline, renders, picks the exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from modelquant import __version__
+from modelquant.errors import EXIT_OK, GateFailed, ModelquantError, UserError
+
+app = typer.Typer(
+    help="Compress a trained model with one recipe (prune, distill, quantize, export) and measure "
+    "accuracy, latency and size against the original.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+recipes_app = typer.Typer(help="List, show, validate recipes; print the recipe JSON Schema.",
+                          no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+out = Console()
+err = Console(stderr=True)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe field: key.path=value (repeatable)."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
+
+
+def _fail(exc: ModelquantError) -> typer.Exit:
+    err.print(f"[red]{exc.label}:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _run_guarded(fn, debug: bool) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except ModelquantError as exc:
+        if debug:
+            raise
+        raise _fail(exc) from None
+
+
+def _load(recipe: Path, overrides: list[str] | None):  # type: ignore[no-untyped-def]
+    from modelquant.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [])
+
+
+@app.command()
+def compress(
+    recipe: RecipeArg,
+    out_dir: OutOpt = None,
+    overrides: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report JSON to stdout.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate recipe, files and data; print the plan.")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a recipe: stages, then baseline vs compressed on each backend, then gates.
+
+    Exit codes: 0 all gates passed, 1 a gate failed, 2 bad input, 3 a stage failed.
+    """
+
+    def work() -> None:
+        from modelquant.pipeline import Pipeline
+
+        spec = _load(recipe, overrides)
+        log = (lambda m: None) if as_json else (lambda m: err.print(f"[dim]· {m}[/]"))
+        pipeline = Pipeline(spec, recipe, out_dir, log=log)
+        if dry_run:
+            for line in pipeline.plan():
+                out.print(line, highlight=False)
+            err.print("[green]plan is valid[/] (dry run: nothing was run)")
+            return
+        report = pipeline.run()
+        pipeline.write_report(report)
+        if as_json:
+            sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        else:
+            from modelquant.report.console import render_console
+
+            render_console(report, out)
+        failed = [g for g in report.gates if not g.passed]
+        if failed:
+            names = "; ".join(f"{g.name} ({g.detail or g.value})" for g in failed)
+            raise GateFailed(f"{len(failed)} gate(s) failed: {names}. Report: {pipeline.out_dir}")
+        err.print(f"[green]done[/]: all gates passed. Report: {pipeline.out_dir / 'report.json'}")
+
+    _run_guarded(work, debug)
+    raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def export(
+    recipe: RecipeArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    overrides: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Export the recipe's torch model (factory + checkpoint) to ONNX, with its export settings."""
+
+    def work() -> None:
+        from modelquant.data import load_dataset
+        from modelquant.models import load_model, onnx_file
+        from modelquant.pipeline import Pipeline
+        from modelquant.state import export_onnx
+
+        spec = _load(recipe, overrides)
+        if spec.model.factory is None:
+            raise UserError("export needs a torch model (model.factory); this recipe names an ONNX file")
+        pipeline = Pipeline(spec, recipe)
+        cfg = pipeline._export_config()
+        data = load_dataset(spec.data.evaluation, pipeline.base_dirs[0])
+        state = load_model(spec.model, pipeline.base_dirs, tuple(data.input_names))
+        tmp = output.with_name(f".{output.name}.tmp")
+        assert state.module is not None
+        export_onnx(state.module, data.sample_batch(cfg.batch_size if not cfg.dynamic_batch else 2),
+                    tmp, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
+                    output_names=cfg.output_names)
+        onnx_file.check(tmp)
+        tmp.replace(output)
+        err.print(f"[green]wrote[/] {output} ({onnx_file.size_bytes(output):,} bytes, "
+                  f"opset {cfg.opset}, TorchScript exporter)")
+
+    _run_guarded(work, debug)
+
+
+@app.command()
+def evaluate(
+    recipe: RecipeArg,
+    model: Annotated[Path, typer.Option("--model", "-m", help="ONNX model to measure.")],
+    overrides: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Accuracy and latency of one ONNX model on the recipe's evaluation data and backends."""
+
+    def work() -> None:
+        from rich.table import Table
+
+        from modelquant.data import load_dataset
+        from modelquant.models import onnx_file
+        from modelquant.report.model import BackendStatus
+
+        spec = _load(recipe, overrides)
+        if not model.is_file():
+            raise UserError(f"model file not found: {model}")
+        onnx_file.check(model)
+        from modelquant.evaluator import evaluate_pair
+
+        data = load_dataset(spec.data.evaluation, recipe.resolve().parent)
+        statuses: dict[str, BackendStatus] = {}
+        # The model against itself: one code path; the second copy is not reported.
+        result, _, _ = evaluate_pair(model, model, data, spec.evaluate, statuses)
+        if as_json:
+            sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+            return
+        table = Table(title=str(model), title_justify="left")
+        for col in ("backend", "accuracy", "batch", "p50 ms", "p90 ms", "95% CI of p50"):
+            table.add_column(col)
+        for name, res in result.backends.items():
+            if res.skipped:
+                table.add_row(name, "skipped", "", "", "", res.skipped)
+            for bs, lat in res.latency_ms.items():
+                acc = f"{res.accuracy:.2%}" if res.accuracy is not None else ""
+                table.add_row(name, acc, bs, f"{lat.p50:.3f}", f"{lat.p90:.3f}",
+                              f"[{lat.ci95[0]:.3f}, {lat.ci95[1]:.3f}]")
+        out.print(table)
+        out.print(f"size {result.size_bytes:,} bytes · params {result.params:,}")
+
+    _run_guarded(work, debug)
+
+
+@app.command()
+def version() -> None:
+    """Print modelquant's version and the versions of the libraries it drives."""
+    from importlib import metadata
+
+    out.print(f"modelquant {__version__}", highlight=False)
+    for dist in ("torch", "onnx", "onnxruntime", "onnxruntime-qnn", "onnxruntime-gpu"):
+        try:
+            out.print(f"{dist} {metadata.version(dist)}", highlight=False)
+        except metadata.PackageNotFoundError:
+            pass
+
+
+def _recipe_dirs() -> list[Path]:
+    dirs = [Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes"]
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def _find_recipe(name: str) -> Path:
+    candidate = Path(name)
+    if candidate.is_file():
+        return candidate
+    for d in _recipe_dirs():
+        for path in (d / name, d / f"{name}.yaml"):
+            if path.is_file():
+                return path
+    raise UserError(f"no recipe named '{name}' (see `modelquant recipes list`)")
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """List the recipes in ./recipes (and those shipped with modelquant)."""
+    import yaml
+
+    seen = set()
+    for d in _recipe_dirs():
+        for path in sorted(d.glob("*.yaml")):
+            if path.name in seen:
+                continue
+            seen.add(path.name)
+            first = path.read_text(encoding="utf-8").splitlines()[:1]
+            about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+            name = (yaml.safe_load(path.read_text()) or {}).get("name", path.stem)
+            out.print(f"{path.stem:28} {name:28} {about}", highlight=False)
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or file.")]) -> None:
+    """Print a recipe file."""
+    _run_guarded(lambda: out.print(_find_recipe(name).read_text(), highlight=False, markup=False),
+                 False)
+
+
+@recipes_app.command("validate")
+def recipes_validate(
+    files: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
+) -> None:
+    """Validate recipe files (syntax, keys, types); exit 2 if any is invalid."""
+    from modelquant.recipe import load_recipe
+
+    bad = 0
+    for path in files:
+        try:
+            load_recipe(path)
+            out.print(f"[green]ok[/]  {path}", highlight=False)
+        except UserError as exc:
+            bad += 1
+            err.print(f"[red]bad input:[/] {exc}", highlight=False, soft_wrap=True)
+    if bad:
+        raise typer.Exit(UserError.exit_code)
+
+
+@recipes_app.command("schema")
+def recipes_schema() -> None:
+    """Print the JSON Schema of the recipe format."""
+    from modelquant.recipe import recipe_json_schema
+
+    sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,77 @@
+"""Data sources behind one interface: a `Dataset` of named numpy arrays plus optional labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from modelquant.errors import UserError
+
+if TYPE_CHECKING:
+    from modelquant.recipe import DataSpec
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples along axis 0 of every input array; `labels` (if any) has one entry per sample."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        counts = {name: len(a) for name, a in self.inputs.items()}
+        if self.labels is not None:
+            counts["<labels>"] = len(self.labels)
+        if not counts or len(set(counts.values())) != 1:
+            raise UserError(f"data {self.description}: arrays disagree on the sample count {counts}")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.inputs)
+
+    def take(self, samples: int | None) -> Dataset:
+        """The first `samples` rows (all when None)."""
+        if samples is None or samples >= len(self):
+            return self
+        labels = None if self.labels is None else self.labels[:samples]
+        inputs = {name: a[:samples] for name, a in self.inputs.items()}
+        return Dataset(inputs, labels, f"{self.description}[:{samples}]")
+
+    def batches(
+        self, batch_size: int, drop_last: bool = False
+    ) -> Iterator[tuple[Batch, np.ndarray | None]]:
+        """Consecutive batches in order; the last one may be short unless `drop_last`."""
+        n = len(self)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            end = min(start + batch_size, n)
+            labels = None if self.labels is None else self.labels[start:end]
+            yield {name: a[start:end] for name, a in self.inputs.items()}, labels
+
+    def sample_batch(self, batch_size: int) -> Batch:
+        """A batch of exactly `batch_size` rows, repeating samples when the set is smaller."""
+        idx = np.arange(batch_size) % len(self)
+        return {name: np.ascontiguousarray(a[idx]) for name, a in self.inputs.items()}
+
+
+def load_dataset(spec: DataSpec, base_dir: Path) -> Dataset:
+    """Open the data a recipe's data entry names; errors name the entry and how to fix it."""
+    from modelquant.data import digits, npz
+
+    if spec.source == "digits":
+        data = digits.load(spec.split)
+    elif spec.source == "npz":
+        data = npz.load(spec, base_dir)
+    else:  # the recipe validator already limits the names; this guards future sources
+        raise UserError(f"unknown data source '{spec.source}'")
+    return data.take(spec.samples)

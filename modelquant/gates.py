@@ -1,0 +1,59 @@
+"""Gates: the thresholds a recipe sets, judged against the measured report."""
+
+from __future__ import annotations
+
+from modelquant.recipe import Recipe
+from modelquant.report.model import Deltas, Gate, ModelResult
+
+# Accuracy differences smaller than float noise are not a drop.
+_EPS = 1e-9
+
+
+def judge(recipe: Recipe, baseline: ModelResult, compressed: ModelResult, deltas: Deltas) -> list[Gate]:
+    g = recipe.gates
+    gates: list[Gate] = []
+    if g.max_accuracy_drop is not None:
+        drop = baseline.accuracy - compressed.accuracy
+        gates.append(
+            Gate(
+                name="max_accuracy_drop",
+                threshold=g.max_accuracy_drop,
+                value=drop,
+                passed=drop <= g.max_accuracy_drop + _EPS,
+                detail=f"accuracy {baseline.accuracy:.4f} -> {compressed.accuracy:.4f} (cpu)",
+            )
+        )
+    if g.max_size_ratio is not None:
+        gates.append(
+            Gate(
+                name="max_size_ratio",
+                threshold=g.max_size_ratio,
+                value=deltas.size_ratio,
+                passed=deltas.size_ratio <= g.max_size_ratio,
+                detail=f"{compressed.size_bytes} / {baseline.size_bytes} bytes",
+            )
+        )
+    batch = str(g.speedup_batch_size or max(recipe.evaluate.batch_sizes))
+    for backend, threshold in g.min_speedup.items():
+        name = f"min_speedup.{backend}"
+        speed = deltas.speedup.get(backend, {}).get(batch)
+        if speed is None:
+            skipped = compressed.backends.get(backend)
+            why = skipped.skipped if skipped and skipped.skipped else f"batch {batch} not timed"
+            gates.append(Gate(name=name, threshold=threshold, value=None, passed=False,
+                              detail=f"not measured: {why}"))
+            continue
+        low = speed.ci95[0]
+        gates.append(
+            Gate(
+                name=name,
+                threshold=threshold,
+                value=low,
+                passed=low >= threshold,
+                detail=(
+                    f"batch {batch}: speedup {speed.value:.2f}x, 95% CI "
+                    f"[{speed.ci95[0]:.2f}, {speed.ci95[1]:.2f}]; gated on the lower bound"
+                ),
+            )
+        )
+    return gates

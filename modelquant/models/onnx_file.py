@@ -1,0 +1,141 @@
+"""ONNX files on disk: check, size, hash, move and count parameters, external data included."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from modelquant.errors import UserError
+
+
+def _load(path: Path, with_data: bool = False):  # type: ignore[no-untyped-def]
+    import onnx
+
+    return onnx.load(str(path), load_external_data=with_data)
+
+
+def external_files(path: Path) -> list[Path]:
+    """Side files (`.onnx.data`, ...) that `path` keeps weights in, relative to its folder."""
+    from onnx import TensorProto
+
+    model = _load(path)
+    names: set[str] = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            names.update(e.value for e in tensor.external_data if e.key == "location")
+    return [path.parent / n for n in sorted(names)]
+
+
+def files_of(path: Path) -> list[Path]:
+    """The model file and its external data files."""
+    return [path, *external_files(path)]
+
+
+def check(path: Path) -> None:
+    """`onnx.checker` on the file (by path, so external data and >2 GB models work)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as e:
+        raise UserError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0]}") from None
+    except Exception as exc:  # protobuf decode errors have no public type
+        raise UserError(f"{path} cannot be read as ONNX: {str(exc).splitlines()[0]}") from None
+
+
+def input_names(path: Path) -> tuple[str, ...]:
+    model = _load(path)
+    initializers = {t.name for t in model.graph.initializer}
+    return tuple(i.name for i in model.graph.input if i.name not in initializers)
+
+
+def size_bytes(path: Path) -> int:
+    """Bytes on disk of the model and its external data."""
+    return sum(p.stat().st_size for p in files_of(path))
+
+
+def gzip_bytes(path: Path) -> int:
+    """Bytes of the model and its external data after gzip (level 9): where sparsity shows."""
+    total = 0
+    for p in files_of(path):
+        total += len(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0))
+    return total
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over the model file and its external data files."""
+    digest = hashlib.sha256()
+    for p in files_of(path):
+        digest.update(p.name.encode())
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy(src: Path, dst: Path) -> Path:
+    """Copy a model to `dst` atomically (temp name, then rename), with its external data."""
+    import onnx
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    externals = external_files(src)
+    if externals:
+        # Rewrite so the side file is named after the destination and travels with it.
+        model = _load(src, with_data=True)
+        onnx.save_model(
+            model, str(tmp), save_as_external_data=True, location=f"{dst.name}.data",
+            size_threshold=1024,
+        )
+        os.replace(tmp.with_name(f"{dst.name}.data"), dst.with_name(f"{dst.name}.data"))
+        os.replace(tmp, dst)
+    else:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    return dst
+
+
+def param_counts(path: Path) -> tuple[int, int]:
+    """(parameters, non-zero parameters) of the model's weights.
+
+    Weights are float initializers with at least one dimension and quantized initializers that a
+    DequantizeLinear reads; scales, zero points and shape constants are not parameters. A quantized
+    weight is zero where it equals its zero point.
+    """
+    from onnx import numpy_helper
+
+    model = _load(path, with_data=True)
+    inits = {t.name: t for t in model.graph.initializer}
+    qparams: set[str] = set()
+    dequantized: dict[str, tuple[str | None, int]] = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            qparams.update(node.input[1:])
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            dequantized[node.input[0]] = (node.input[2] if len(node.input) > 2 else None, axis)
+    total = nonzero = 0
+    for name, tensor in inits.items():
+        if name in qparams and name not in dequantized:
+            continue
+        values = numpy_helper.to_array(tensor)
+        if name in dequantized:
+            zp_name, axis = dequantized[name]
+            zero = numpy_helper.to_array(inits[zp_name]) if zp_name in inits else np.zeros(1)
+            if zero.ndim == 1 and zero.size > 1 and values.ndim > 1:  # per-channel along `axis`
+                shape = [1] * values.ndim
+                shape[axis % values.ndim] = zero.size
+                zero = zero.reshape(shape)
+            nz = int(np.count_nonzero(values.astype(np.int32) != zero.astype(np.int32)))
+        elif values.dtype.kind == "f" and values.ndim >= 1 and values.size > 1:
+            nz = int(np.count_nonzero(values))
+        else:
+            continue
+        total += int(values.size)
+        nonzero += nz
+    return total, nonzero

@@ -1,0 +1,427 @@
+"""The recipe: pydantic models, YAML loading with file:line errors, `--set` overrides, JSON Schema."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from modelquant.errors import UserError
+from modelquant.stages.base import StageConfig, registered_stages
+
+DATA_SOURCES = ("digits", "npz")
+BACKENDS = ("cpu",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """Where the model comes from: a Python factory plus a checkpoint, or an ONNX file."""
+
+    factory: str | None = Field(
+        None, description="Python factory 'package.module:function' that builds the torch module."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to the factory."
+    )
+    checkpoint: Path | None = Field(
+        None, description="Weights for the factory's module: .safetensors, or .pt (weights only)."
+    )
+    onnx: Path | None = Field(None, description="An existing ONNX model file instead of a factory.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.factory is None) == (self.onnx is None):
+            raise ValueError("give exactly one of 'factory' (with 'checkpoint') or 'onnx'")
+        if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
+            raise ValueError(f"factory must look like 'package.module:function', not {self.factory!r}")
+        if self.onnx is not None and self.checkpoint is not None:
+            raise ValueError("'checkpoint' goes with 'factory'; an ONNX file carries its weights")
+        return self
+
+
+class DataSpec(_Strict):
+    """One data entry: a source and what to read from it."""
+
+    source: str = Field(description=f"Data source: one of {', '.join(DATA_SOURCES)}.")
+    split: Literal["train", "test", "all"] | None = Field(
+        None, description="Split of a built-in data set (digits: train, test or all)."
+    )
+    path: Path | None = Field(None, description="File for file sources (npz).")
+    inputs: list[str] | None = Field(
+        None, description="Names of the arrays fed to the model (default: all but labels)."
+    )
+    labels: str | None = Field(None, description="Name of the labels array (default: 'labels').")
+    samples: int | None = Field(None, gt=0, description="Read at most this many samples.")
+    batch_size: int = Field(32, gt=0, description="Batch size for calibration and evaluation.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v not in DATA_SOURCES:
+            raise ValueError(_unknown("data source", v, DATA_SOURCES))
+        return v
+
+
+class DataSection(_Strict):
+    """The recipe's data: what to train on, calibrate with, and evaluate on."""
+
+    train: DataSpec | None = Field(None, description="Training data (fine-tuning, distillation).")
+    calibration: DataSpec | None = Field(
+        None, description="Calibration data for static quantization (default: train, 256 samples)."
+    )
+    evaluation: DataSpec = Field(description="Evaluation data for accuracy (and latency inputs).")
+
+
+class EvaluateConfig(_Strict):
+    """How the baseline and the result are measured."""
+
+    backends: list[str] = Field(
+        default_factory=lambda: ["cpu"], description=f"Backends to measure on: {', '.join(BACKENDS)}."
+    )
+    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [1, 32], description="Batch sizes to time."
+    )
+    warmup: int = Field(10, ge=0, description="Untimed runs before timing, per model and batch size.")
+    repeats: int = Field(100, gt=0, description="Timed runs per model and batch size.")
+    block: int = Field(
+        10, gt=0, description="Runs of one model before switching to the other (alternation)."
+    )
+    threads: int | None = Field(
+        None, gt=0, description="Intra-op threads (default: the runtime's own choice)."
+    )
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in BACKENDS:
+                raise ValueError(_unknown("backend", name, BACKENDS))
+        if len(set(v)) != len(v) or not v:
+            raise ValueError("list each backend once, at least one")
+        return v
+
+
+class GatesConfig(_Strict):
+    """Pass/fail thresholds; a failed gate makes `compress` exit 1."""
+
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, description="Largest allowed accuracy drop, as a fraction (0.01 = 1 point)."
+    )
+    min_speedup: dict[str, float] = Field(
+        default_factory=dict,
+        description="Smallest allowed speedup per backend (lower bound of its 95% interval).",
+    )
+    speedup_batch_size: int | None = Field(
+        None, gt=0, description="Batch size the speedup gate reads (default: the largest timed)."
+    )
+    max_size_ratio: float | None = Field(
+        None, gt=0, description="Largest allowed compressed/baseline ONNX file size ratio."
+    )
+
+
+class OutputConfig(_Strict):
+    """Where and in which formats the results go."""
+
+    dir: Path | None = Field(None, description="Output folder (default: runs/<recipe name>).")
+    formats: list[Literal["json", "md"]] = Field(
+        default_factory=lambda: ["json", "md"],
+        description="Report formats; report.json is always written.",
+    )
+
+
+def _stage_item_type() -> Any:
+    """A tagged union of single-key mappings `{stage_name: config}`, one tag per registered stage."""
+    members = []
+    for name, cls in registered_stages().items():
+        item = create_model(  # type: ignore[call-overload]
+            f"Stage_{name}",
+            __config__=ConfigDict(extra="forbid"),
+            **{name: (cls.Config, Field(description=(cls.__doc__ or "").strip().split("\n")[0]))},
+        )
+        members.append(Annotated[item, Tag(name)])
+
+    def tag(value: Any) -> str | None:
+        if isinstance(value, dict) and len(value) == 1:
+            return str(next(iter(value)))
+        if isinstance(value, BaseModel):
+            return str(next(iter(type(value).model_fields)))
+        return None
+
+    return Annotated[Union[tuple(members)], Discriminator(tag)]  # noqa: UP007
+
+
+StageItem = _stage_item_type()
+
+
+class Recipe(_Strict):
+    """A compression recipe: model, data, ordered stages, evaluation, gates and output."""
+
+    name: str = Field(description="Recipe name (names the default output folder).")
+    seed: int = Field(0, description="Seed for every random choice, so reruns give the same model.")
+    model: ModelSpec
+    task: Literal["classification"] = Field(
+        "classification", description="The task; picks the metric (classification: top-1)."
+    )
+    data: DataSection
+    stages: list[StageItem] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="Stages run in order, each `{name: settings}`."
+    )
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[\w.-]+", v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (it names a folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        for backend in self.gates.min_speedup:
+            if backend not in self.evaluate.backends:
+                raise ValueError(
+                    f"gates.min_speedup names backend '{backend}', which evaluate.backends "
+                    f"does not measure ({', '.join(self.evaluate.backends)})"
+                )
+        sb = self.gates.speedup_batch_size
+        if sb is not None and sb not in self.evaluate.batch_sizes:
+            raise ValueError(f"gates.speedup_batch_size {sb} is not in evaluate.batch_sizes")
+        return self
+
+    def stage_list(self) -> list[tuple[str, StageConfig]]:
+        """The stages as (name, typed config) pairs, in order."""
+        out = []
+        for item in self.stages:
+            (name,) = type(item).model_fields
+            out.append((name, getattr(item, name)))
+        return out
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+
+def _unknown(kind: str, value: str, valid: typing.Iterable[str]) -> str:
+    valid = list(valid)
+    close = difflib.get_close_matches(value, valid, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f" (valid: {', '.join(valid)})"
+    return f"unknown {kind} '{value}'{hint}"
+
+
+class RecipeSource:
+    """The raw recipe mapping plus where each key sits in its file, for error messages."""
+
+    def __init__(self, data: dict[str, Any], path: Path, lines: dict[tuple[Any, ...], int]):
+        self.data = data
+        self.path = path
+        self.lines = lines
+
+    def where(self, loc: tuple[Any, ...]) -> str:
+        """`file:line` of the deepest part of `loc` that the file has."""
+        for end in range(len(loc), -1, -1):
+            line = self.lines.get(tuple(loc[:end]))
+            if line is not None:
+                return f"{self.path}:{line}"
+        return str(self.path)
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_path = (*path, key_node.value)
+            out[key_path] = key_node.start_mark.line + 1
+            _line_map(value_node, key_path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*path, i)] = item.start_mark.line + 1
+            _line_map(item, (*path, i), out)
+
+
+def read_recipe_source(path: Path) -> RecipeSource:
+    """Parse a recipe file's YAML (no validation yet), keeping key line numbers."""
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"invalid YAML at {where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping (name, model, data, stages, ...)")
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_map(node, (), lines)
+    return RecipeSource(data, path, lines)
+
+
+def apply_overrides(source: RecipeSource, overrides: typing.Sequence[str]) -> None:
+    """Apply `key.path=value` overrides in place; values are parsed as YAML (so 3 is an int)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key.path=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        parts: list[Any] = [int(p) if p.isdigit() else p for p in key.split(".")]
+        target: Any = source.data
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(map(str, parts[: i + 1]))
+            if isinstance(target, list):
+                if not isinstance(part, int) or part >= len(target):
+                    raise UserError(f"--set {key}: '{where}' is not an index of that list")
+                target = target[part]
+            elif isinstance(target, dict):
+                if target.get(part) is None:
+                    target[part] = {}
+                target = target[part]
+            else:
+                raise UserError(f"--set {key}: '{where}' is a value, not a section")
+        last = parts[-1]
+        if isinstance(target, list):
+            if not isinstance(last, int) or last >= len(target):
+                raise UserError(f"--set {key}: '{last}' is not an index of that list")
+        elif not isinstance(target, dict):
+            raise UserError(f"--set {key}: the parent is a value, not a section")
+        target[last] = value
+        source.lines[tuple(parts)] = 0  # marks "from --set" in messages
+
+
+def _annotation_fields(tp: Any) -> dict[str, Any] | None:
+    """Field name -> annotation of a model type, seeing through Optional/Annotated."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _annotation_fields(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            found = _annotation_fields(arg)
+            if found is not None:
+                return found
+        return None
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return {name: f.annotation for name, f in tp.model_fields.items()}
+    return None
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the mapping at `loc` in a recipe (for 'did you mean')."""
+    tp: Any = Recipe
+    stages = registered_stages()
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if tp is Recipe and part == "stages":
+            if i + 1 >= len(loc):
+                return []
+            if i + 2 >= len(loc):
+                return list(stages)
+            stage = loc[i + 2]
+            if stage not in stages:
+                return []
+            tp = stages[stage].Config
+            i += 3
+            continue
+        fields = _annotation_fields(tp)
+        if fields is None or part not in fields:
+            # list items and dict values: step into the element type
+            args = [a for a in typing.get_args(fields.get(part) if fields else tp) if a is not None]
+            if isinstance(part, int) and args:
+                tp = args[0]
+                i += 1
+                continue
+            return []
+        tp = fields[part]
+        origin = typing.get_origin(tp)
+        if origin in (list, dict) and i + 1 < len(loc):
+            tp = typing.get_args(tp)[-1]
+            i += 1
+        i += 1
+    fields = _annotation_fields(tp)
+    return list(fields) if fields else []
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union tags: ('stages', 0, 'quantize', 'quantize', 'x') -> (.., 'quantize', 'x')."""
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        if i >= 2 and out[:1] == ["stages"] and len(out) == 2 and part in registered_stages():
+            if i + 1 < len(loc) and loc[i + 1] == part:
+                continue
+        out.append(part)
+    return tuple(out)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<recipe>"
+
+
+def describe_validation_error(exc: ValidationError, source: RecipeSource) -> str:
+    """One line for the first problem, naming file:line, the key, and the fix."""
+    messages = []
+    for err in exc.errors():
+        loc = _clean_loc(tuple(err["loc"]))
+        where = source.where(loc)
+        where = where.removesuffix(":0") + " (from --set)" if where.endswith(":0") else where
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            msg = _unknown("key", key, _fields_at(loc[:-1])) + f" at {where}"
+            parent = _dotted(loc[:-1])
+            if parent != "<recipe>":
+                msg += f" (in {parent})"
+        elif kind == "union_tag_invalid":
+            tag = err.get("ctx", {}).get("tag", "?")
+            msg = _unknown("stage", str(tag), registered_stages()) + f" at {where}"
+        elif kind == "union_tag_not_found":
+            msg = f"each stage is a mapping with one key, the stage name, at {where}"
+        elif kind == "missing":
+            msg = f"missing required key '{loc[-1]}' at {where} (in {_dotted(loc[:-1])})"
+        else:
+            text = err["msg"].removeprefix("Value error, ")
+            msg = f"{_dotted(loc)}: {text} at {where}"
+        messages.append(msg)
+    more = f" (and {len(messages) - 1} more problem(s))" if len(messages) > 1 else ""
+    return messages[0] + more
+
+
+def load_recipe(path: Path, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file; any problem is a one-line `UserError`."""
+    source = read_recipe_source(path)
+    apply_overrides(source, overrides)
+    try:
+        return Recipe.model_validate(source.data)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc, source)) from None
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the recipe format (stages included, from the registry)."""
+    return Recipe.model_json_schema()

@@ -1,0 +1,39 @@
+"""The rich console view of a Report: comparison, stages, gates."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from modelquant.report.model import Report
+from modelquant.report.rows import comparison_rows
+
+
+def render_console(report: Report, console: Console) -> None:
+    table = Table(title=f"modelquant · {report.recipe.get('name', '')}", title_justify="left")
+    for col in ("", "baseline", "compressed", "delta"):
+        table.add_column(col, justify="left" if not col else "right")
+    for row in comparison_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    if report.stages:
+        stages = Table(title="stages", title_justify="left")
+        for col in ("#", "stage", "seconds", "notes"):
+            stages.add_column(col)
+        for i, s in enumerate(report.stages, 1):
+            notes = ", ".join(
+                f"{k}={v}" for k, v in s.details.items() if isinstance(v, int | float | str)
+            )
+            stages.add_row(str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""),
+                           notes[:120])
+        console.print(stages)
+    if report.gates:
+        gates = Table(title="gates", title_justify="left")
+        for col in ("gate", "threshold", "value", "result", "detail"):
+            gates.add_column(col)
+        for g in report.gates:
+            gates.add_row(
+                g.name, f"{g.threshold:g}", "-" if g.value is None else f"{g.value:.4g}",
+                "[green]pass[/]" if g.passed else "[red]FAIL[/]", g.detail,
+            )
+        console.print(gates)

@@ -1,0 +1,108 @@
+"""The report contract of DESIGN.md as pydantic models; report.json is `Report.model_dump_json`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatencyStats(_Model):
+    p50: float = Field(description="Median milliseconds per run.")
+    p90: float
+    mean: float
+    runs: int
+    ci95: tuple[float, float] = Field(description="95 % bootstrap interval of the median (ms).")
+    threads: int | None = Field(None, description="Intra-op threads (None: runtime default).")
+
+
+class BackendResult(_Model):
+    accuracy: float | None = None
+    latency_ms: dict[str, LatencyStats] = Field(default_factory=dict)
+    """Batch size (as a string) -> latency."""
+    emulated: bool = False
+    execution_provider: str | None = None
+    skipped: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class ModelResult(_Model):
+    path: str
+    metric: str
+    accuracy: float
+    size_bytes: int
+    gzip_bytes: int
+    params: int
+    nonzero_params: int
+    backends: dict[str, BackendResult] = Field(default_factory=dict)
+    agreement: float | None = Field(
+        None, description="Share of samples whose top-1 matches the baseline's (cpu)."
+    )
+
+
+class Speedup(_Model):
+    value: float
+    ci95: tuple[float, float]
+
+
+class Deltas(_Model):
+    accuracy_pt: float = Field(description="Compressed minus baseline accuracy, in points.")
+    size_ratio: float
+    gzip_ratio: float
+    params_ratio: float
+    speedup: dict[str, dict[str, Speedup]] = Field(default_factory=dict)
+    """Backend -> batch size -> baseline p50 / compressed p50 (with interval)."""
+
+
+class Gate(_Model):
+    name: str
+    threshold: float
+    value: float | None
+    passed: bool
+    detail: str = ""
+
+
+class StageEntry(_Model):
+    name: str
+    settings: dict[str, Any]
+    seconds: float
+    cached: bool = False
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackendStatus(_Model):
+    available: bool
+    reason: str = ""
+    execution_provider: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class Environment(_Model):
+    python: str
+    platform: str
+    torch: str | None
+    onnx: str
+    onnxruntime: str
+    cpu: str
+    cpu_flags: list[str]
+    cores: int
+    backends: dict[str, BackendStatus] = Field(default_factory=dict)
+
+
+class Report(_Model):
+    modelquant_version: str
+    status: Literal["passed", "gate_failed"]
+    created: str
+    recipe: dict[str, Any]
+    environment: Environment
+    stages: list[StageEntry]
+    baseline: ModelResult
+    compressed: ModelResult
+    variants: dict[str, ModelResult] = Field(default_factory=dict)
+    deltas: Deltas
+    gates: list[Gate]
+    artifacts: dict[str, str]

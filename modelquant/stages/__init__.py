@@ -1,0 +1,14 @@
+"""The stage registry: importing this package registers every built-in technique."""
+
+from __future__ import annotations
+
+from modelquant.stages import export, quantize  # noqa: F401  (each module registers its stage)
+from modelquant.stages.base import (
+    Stage,
+    StageConfig,
+    StageContext,
+    register_stage,
+    registered_stages,
+)
+
+__all__ = ["Stage", "StageConfig", "StageContext", "register_stage", "registered_stages"]
