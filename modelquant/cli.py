@@ -20,8 +20,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-recipes_app = typer.Typer(help="List, show, validate recipes; print the recipe JSON Schema.",
-                          no_args_is_help=True)
+recipes_app = typer.Typer(
+    help="List, show, validate recipes; print the recipe JSON Schema.", no_args_is_help=True
+)
 app.add_typer(recipes_app, name="recipes")
 
 out = Console()
@@ -118,20 +119,29 @@ def export(
 
         spec = _load(recipe, overrides)
         if spec.model.factory is None:
-            raise UserError("export needs a torch model (model.factory); this recipe names an ONNX file")
+            raise UserError(
+                "export needs a torch model (model.factory); this recipe names an ONNX file"
+            )
         pipeline = Pipeline(spec, recipe)
         cfg = pipeline._export_config()
         data = load_dataset(spec.data.evaluation, pipeline.base_dirs[0])
         state = load_model(spec.model, pipeline.base_dirs, tuple(data.input_names))
         tmp = output.with_name(f".{output.name}.tmp")
         assert state.module is not None
-        export_onnx(state.module, data.sample_batch(cfg.batch_size if not cfg.dynamic_batch else 2),
-                    tmp, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
-                    output_names=cfg.output_names)
+        export_onnx(
+            state.module,
+            data.sample_batch(cfg.batch_size if not cfg.dynamic_batch else 2),
+            tmp,
+            opset=cfg.opset,
+            dynamic_batch=cfg.dynamic_batch,
+            output_names=cfg.output_names,
+        )
         onnx_file.check(tmp)
         tmp.replace(output)
-        err.print(f"[green]wrote[/] {output} ({onnx_file.size_bytes(output):,} bytes, "
-                  f"opset {cfg.opset}, TorchScript exporter)")
+        err.print(
+            f"[green]wrote[/] {output} ({onnx_file.size_bytes(output):,} bytes, "
+            f"opset {cfg.opset}, TorchScript exporter)"
+        )
 
     _run_guarded(work, debug)
 
@@ -174,8 +184,14 @@ def evaluate(
                 table.add_row(name, "skipped", "", "", "", res.skipped)
             for bs, lat in res.latency_ms.items():
                 acc = f"{res.accuracy:.2%}" if res.accuracy is not None else ""
-                table.add_row(name, acc, bs, f"{lat.p50:.3f}", f"{lat.p90:.3f}",
-                              f"[{lat.ci95[0]:.3f}, {lat.ci95[1]:.3f}]")
+                table.add_row(
+                    name,
+                    acc,
+                    bs,
+                    f"{lat.p50:.3f}",
+                    f"{lat.p90:.3f}",
+                    f"[{lat.ci95[0]:.3f}, {lat.ci95[1]:.3f}]",
+                )
         out.print(table)
         out.print(f"size {result.size_bytes:,} bytes · params {result.params:,}")
 
@@ -231,8 +247,9 @@ def recipes_list() -> None:
 @recipes_app.command("show")
 def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or file.")]) -> None:
     """Print a recipe file."""
-    _run_guarded(lambda: out.print(_find_recipe(name).read_text(), highlight=False, markup=False),
-                 False)
+    _run_guarded(
+        lambda: out.print(_find_recipe(name).read_text(), highlight=False, markup=False), False
+    )
 
 
 @recipes_app.command("validate")

@@ -1,4 +1,4 @@
-"""Measure baseline and compressed ONNX models side by side: accuracy, size and latency per backend."""
+"""Measure baseline and compressed ONNX side by side: accuracy, size and latency per backend."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def predict(session: Any, data: Dataset, batch_size: int) -> np.ndarray:
         n = len(next(iter(batch.values())))
         feed = {name: batch[name] for name in names}
         if fixed and n < fixed:
-            feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)]) for k, v in feed.items()}
+            feed = {
+                k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)])
+                for k, v in feed.items()
+            }
         outputs.append(session.run(None, feed)[0][:n])
     return np.concatenate(outputs)
 
@@ -95,7 +98,9 @@ def evaluate_pair(
         for role, out in outputs.items():
             acc = metrics.top1(out, data.labels)
             results[role][name] = BackendResult(
-                accuracy=acc, emulated=backend.emulated, execution_provider=backend.execution_provider
+                accuracy=acc,
+                emulated=backend.emulated,
+                execution_provider=backend.execution_provider,
             )
             if name == "cpu":
                 reference[role] = acc
@@ -109,14 +114,14 @@ def evaluate_pair(
             for role, session in sessions.items():
                 fixed = fixed_batch(session)
                 if fixed is not None and fixed != bs:
-                    results[role][name].notes.append(f"batch {bs} not timed: model fixed to {fixed}")
+                    results[role][name].notes.append(
+                        f"batch {bs} not timed: model fixed to {fixed}"
+                    )
                     continue
                 feed = {i.name: data.sample_batch(bs)[i.name] for i in session.get_inputs()}
                 runnable[role] = (session, feed)
             log(f"timing {name} batch {bs}: {', '.join(runnable)}")
-            runs = {
-                role: (lambda s=s, f=f: s.run(None, f)) for role, (s, f) in runnable.items()
-            }
+            runs = {role: (lambda s=s, f=f: s.run(None, f)) for role, (s, f) in runnable.items()}
             timed = bench.time_alternating(
                 runs,
                 warmup=cfg.warmup,

@@ -9,7 +9,9 @@ from modelquant.report.model import Deltas, Gate, ModelResult
 _EPS = 1e-9
 
 
-def judge(recipe: Recipe, baseline: ModelResult, compressed: ModelResult, deltas: Deltas) -> list[Gate]:
+def judge(
+    recipe: Recipe, baseline: ModelResult, compressed: ModelResult, deltas: Deltas
+) -> list[Gate]:
     g = recipe.gates
     gates: list[Gate] = []
     if g.max_accuracy_drop is not None:
@@ -40,8 +42,15 @@ def judge(recipe: Recipe, baseline: ModelResult, compressed: ModelResult, deltas
         if speed is None:
             skipped = compressed.backends.get(backend)
             why = skipped.skipped if skipped and skipped.skipped else f"batch {batch} not timed"
-            gates.append(Gate(name=name, threshold=threshold, value=None, passed=False,
-                              detail=f"not measured: {why}"))
+            gates.append(
+                Gate(
+                    name=name,
+                    threshold=threshold,
+                    value=None,
+                    passed=False,
+                    detail=f"not measured: {why}",
+                )
+            )
             continue
         low = speed.ci95[0]
         gates.append(

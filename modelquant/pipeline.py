@@ -45,7 +45,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 class Pipeline:
-    """One recipe run. `plan()` checks everything cheap; `run()` does the work and returns the report."""
+    """One recipe run: `plan()` checks what is cheap; `run()` does the work, returns the report."""
 
     def __init__(
         self,
@@ -68,7 +68,11 @@ class Pipeline:
     # ------------------------------------------------------------------ data
     def data_spec(self, role: str) -> DataSpec:
         d = self.recipe.data
-        spec = {"train": d.train, "calibration": d.calibration or d.train, "evaluation": d.evaluation}
+        spec = {
+            "train": d.train,
+            "calibration": d.calibration or d.train,
+            "evaluation": d.evaluation,
+        }
         found = spec.get(role)
         if found is None:
             raise UserError(f"a stage needs data.{role}, and the recipe has none")
@@ -90,13 +94,19 @@ class Pipeline:
         roles = {"evaluation"}
         for i, stage in enumerate(self.stages, 1):
             if stage.needs != "any" and stage.needs != form:
-                fix = "add an export stage before it" if stage.needs == "onnx" else "move it before export"
+                fix = (
+                    "add an export stage before it"
+                    if stage.needs == "onnx"
+                    else "move it before export"
+                )
                 raise UserError(f"stage {i} '{stage.name}' needs a {stage.needs} model: {fix}")
             if stage.produces != "any":
                 form = stage.produces
             roles.update(stage.data_roles)
             settings = stage.config.model_dump(mode="json", exclude_defaults=True)
-            lines.append(f"stage {i}: {stage.name} {json.dumps(settings) if settings else ''}".rstrip())
+            lines.append(
+                f"stage {i}: {stage.name} {json.dumps(settings) if settings else ''}".rstrip()
+            )
         for role in sorted(roles):
             data = self.data(role)
             lines.append(f"data.{role}: {data.description}, {len(data)} samples")
@@ -132,8 +142,13 @@ class Pipeline:
         last_published = ""
         for i, stage in enumerate(self.stages, 1):
             settings = stage.config.model_dump(mode="json")
-            key = _hash(key, stage.name, settings, self.recipe.seed,
-                        [self.data_spec(r).model_dump(mode="json") for r in stage.data_roles])
+            key = _hash(
+                key,
+                stage.name,
+                settings,
+                self.recipe.seed,
+                [self.data_spec(r).model_dump(mode="json") for r in stage.data_roles],
+            )
             state = self._run_stage(i, stage, state, ctx, key, settings)
             if stage.produces == "onnx" and state.onnx_path is not None:
                 name = stage.artifact_name()
@@ -165,7 +180,9 @@ class Pipeline:
             source = inspect.getsourcefile(func)
             parts.append(_file_hash(Path(source)) if source else spec.factory)
             if spec.checkpoint is not None:
-                parts.append(_file_hash(resolve_path(spec.checkpoint, self.base_dirs, "checkpoint")))
+                parts.append(
+                    _file_hash(resolve_path(spec.checkpoint, self.base_dirs, "checkpoint"))
+                )
         return _hash(*parts)
 
     def _export_config(self) -> ExportConfig:
@@ -183,8 +200,14 @@ class Pipeline:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             sample = self.data("evaluation").sample_batch(1 if not cfg.dynamic_batch else 2)
-            export_onnx(module, sample, work / "model.onnx", opset=cfg.opset,
-                        dynamic_batch=cfg.dynamic_batch, output_names=cfg.output_names)
+            export_onnx(
+                module,
+                sample,
+                work / "model.onnx",
+                opset=cfg.opset,
+                dynamic_batch=cfg.dynamic_batch,
+                output_names=cfg.output_names,
+            )
             os.replace(work, entry)
         return path
 
@@ -200,7 +223,7 @@ class Pipeline:
         return onnx_file.copy(source, self.out_dir / "baseline.onnx")
 
     def _final_onnx(self, state: ModelState, key: str) -> Path:
-        """The compressed model as ONNX: the last ONNX stage's output, or an export of the module."""
+        """The compressed model as ONNX: the last ONNX stage's output, or an export of it."""
         if state.onnx_path is not None:
             return state.onnx_path
         if not state.lineage:
@@ -215,14 +238,21 @@ class Pipeline:
         return name
 
     def _run_stage(
-        self, index: int, stage: Stage, state: ModelState, ctx: StageContext, key: str,
+        self,
+        index: int,
+        stage: Stage,
+        state: ModelState,
+        ctx: StageContext,
+        key: str,
         settings: dict[str, Any],
     ) -> ModelState:
         entry = self.cache_dir / f"{index:02d}-{stage.name}-{key[:16]}"
         if stage.produces == "onnx" and (entry / "details.json").is_file():
             saved = json.loads((entry / "details.json").read_text())
             self.log(f"stage {index} {stage.name}: cached")
-            record = StageRecord(stage.name, settings, saved["seconds"], saved["details"], cached=True)
+            record = StageRecord(
+                stage.name, settings, saved["seconds"], saved["details"], cached=True
+            )
             return state.replace(onnx_path=entry / "model.onnx", lineage=(*state.lineage, record))
         work = entry.with_name(entry.name + ".partial")
         shutil.rmtree(work, ignore_errors=True)
@@ -262,8 +292,12 @@ class Pipeline:
         env = environment()
         self.log("measuring baseline and compressed")
         base, comp, deltas = evaluate_pair(
-            baseline_onnx, compressed, self.data("evaluation"), self.recipe.evaluate,
-            env.backends, self.log,
+            baseline_onnx,
+            compressed,
+            self.data("evaluation"),
+            self.recipe.evaluate,
+            env.backends,
+            self.log,
         )
         base.path = "baseline.onnx"
         comp.path = artifacts["compressed"]
@@ -278,8 +312,13 @@ class Pipeline:
             recipe=self.recipe.model_dump(mode="json"),
             environment=env,
             stages=[
-                StageEntry(name=r.name, settings=r.settings, seconds=r.seconds, cached=r.cached,
-                           details=r.details)
+                StageEntry(
+                    name=r.name,
+                    settings=r.settings,
+                    seconds=r.seconds,
+                    cached=r.cached,
+                    details=r.details,
+                )
                 for r in state.lineage
             ],
             baseline=base,

@@ -1,4 +1,4 @@
-"""The recipe: pydantic models, YAML loading with file:line errors, `--set` overrides, JSON Schema."""
+"""The recipe: pydantic models, YAML loading with file:line errors, `--set` overrides, schema."""
 
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ class ModelSpec(_Strict):
         if (self.factory is None) == (self.onnx is None):
             raise ValueError("give exactly one of 'factory' (with 'checkpoint') or 'onnx'")
         if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
-            raise ValueError(f"factory must look like 'package.module:function', not {self.factory!r}")
+            raise ValueError(
+                f"factory must look like 'package.module:function', not {self.factory!r}"
+            )
         if self.onnx is not None and self.checkpoint is not None:
             raise ValueError("'checkpoint' goes with 'factory'; an ONNX file carries its weights")
         return self
@@ -95,12 +97,15 @@ class EvaluateConfig(_Strict):
     """How the baseline and the result are measured."""
 
     backends: list[str] = Field(
-        default_factory=lambda: ["cpu"], description=f"Backends to measure on: {', '.join(BACKENDS)}."
+        default_factory=lambda: ["cpu"],
+        description=f"Backends to measure on: {', '.join(BACKENDS)}.",
     )
     batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(
         default_factory=lambda: [1, 32], description="Batch sizes to time."
     )
-    warmup: int = Field(10, ge=0, description="Untimed runs before timing, per model and batch size.")
+    warmup: int = Field(
+        10, ge=0, description="Untimed runs before timing, per model and batch size."
+    )
     repeats: int = Field(100, gt=0, description="Timed runs per model and batch size.")
     block: int = Field(
         10, gt=0, description="Runs of one model before switching to the other (alternation)."
@@ -138,18 +143,21 @@ class GatesConfig(_Strict):
     )
 
 
+ReportFormat = Literal["json", "md"]
+
+
 class OutputConfig(_Strict):
     """Where and in which formats the results go."""
 
     dir: Path | None = Field(None, description="Output folder (default: runs/<recipe name>).")
-    formats: list[Literal["json", "md"]] = Field(
-        default_factory=lambda: ["json", "md"],
+    formats: list[ReportFormat] = Field(
+        default_factory=lambda: list[ReportFormat](["json", "md"]),
         description="Report formats; report.json is always written.",
     )
 
 
 def _stage_item_type() -> Any:
-    """A tagged union of single-key mappings `{stage_name: config}`, one tag per registered stage."""
+    """A tagged union of one-key mappings `{stage_name: config}`, one tag per registered stage."""
     members = []
     for name, cls in registered_stages().items():
         item = create_model(  # type: ignore[call-overload]
@@ -213,19 +221,22 @@ class Recipe(_Strict):
         """The stages as (name, typed config) pairs, in order."""
         out = []
         for item in self.stages:
-            (name,) = type(item).model_fields
-            out.append((name, getattr(item, name)))
+            model = typing.cast(BaseModel, item)
+            (name,) = type(model).model_fields
+            out.append((name, getattr(model, name)))
         return out
 
 
 # ---------------------------------------------------------------- loading with line numbers
 
 
-def _unknown(kind: str, value: str, valid: typing.Iterable[str]) -> str:
+def _unknown(kind: str, value: str, valid: typing.Iterable[str], where: str = "") -> str:
+    """ "unknown key 'x' at file:line; did you mean 'y'?" (or the valid choices)."""
     valid = list(valid)
     close = difflib.get_close_matches(value, valid, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f" (valid: {', '.join(valid)})"
-    return f"unknown {kind} '{value}'{hint}"
+    at = f" at {where}" if where else ""
+    return f"unknown {kind} '{value}'{at}{hint}"
 
 
 class RecipeSource:
@@ -366,7 +377,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's union tags: ('stages', 0, 'quantize', 'quantize', 'x') -> (.., 'quantize', 'x')."""
+    """Drop pydantic's union tags: ('stages', 0, 'quantize', 'quantize', 'x') -> (.., 'x')."""
     out: list[Any] = []
     for i, part in enumerate(loc):
         if i >= 2 and out[:1] == ["stages"] and len(out) == 2 and part in registered_stages():
@@ -386,24 +397,27 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 def describe_validation_error(exc: ValidationError, source: RecipeSource) -> str:
     """One line for the first problem, naming file:line, the key, and the fix."""
     messages = []
-    for err in exc.errors():
+    # A misspelled key also shows up as the real key "missing": name the misspelling first.
+    order = {"extra_forbidden": 0, "union_tag_invalid": 0, "missing": 2}
+    for err in sorted(exc.errors(), key=lambda e: order.get(e["type"], 1)):
         loc = _clean_loc(tuple(err["loc"]))
         where = source.where(loc)
         where = where.removesuffix(":0") + " (from --set)" if where.endswith(":0") else where
         kind = err["type"]
         if kind == "extra_forbidden":
             key = str(loc[-1])
-            msg = _unknown("key", key, _fields_at(loc[:-1])) + f" at {where}"
+            msg = _unknown("key", key, _fields_at(loc[:-1]), where)
             parent = _dotted(loc[:-1])
             if parent != "<recipe>":
                 msg += f" (in {parent})"
         elif kind == "union_tag_invalid":
             tag = err.get("ctx", {}).get("tag", "?")
-            msg = _unknown("stage", str(tag), registered_stages()) + f" at {where}"
+            msg = _unknown("stage", str(tag), registered_stages(), where)
         elif kind == "union_tag_not_found":
             msg = f"each stage is a mapping with one key, the stage name, at {where}"
         elif kind == "missing":
-            msg = f"missing required key '{loc[-1]}' at {where} (in {_dotted(loc[:-1])})"
+            parent = f" (in {_dotted(loc[:-1])})" if len(loc) > 1 else ""
+            msg = f"missing required key '{loc[-1]}' at {where}{parent}"
         else:
             text = err["msg"].removeprefix("Value error, ")
             msg = f"{_dotted(loc)}: {text} at {where}"

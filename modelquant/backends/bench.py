@@ -1,4 +1,4 @@
-"""One latency method for every backend: warm-up, block-alternated timed runs, bootstrap intervals."""
+"""One latency method for all backends: warm-up, block-alternated timed runs, bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def time_alternating(
 
 def _bootstrap_medians(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     idx = rng.integers(0, len(samples), size=(BOOTSTRAP_RESAMPLES, len(samples)))
-    return np.median(samples[idx], axis=1)  # type: ignore[no-any-return]
+    return np.median(samples[idx], axis=1)
 
 
 def summarize(samples: np.ndarray, threads: int | None, seed: int = 0) -> LatencyStats:

@@ -30,7 +30,9 @@ class Dataset:
         if self.labels is not None:
             counts["<labels>"] = len(self.labels)
         if not counts or len(set(counts.values())) != 1:
-            raise UserError(f"data {self.description}: arrays disagree on the sample count {counts}")
+            raise UserError(
+                f"data {self.description}: arrays disagree on the sample count {counts}"
+            )
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))

@@ -27,7 +27,9 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read {path} as a numpy .npz of plain arrays: {exc}") from None
-    labels_name = spec.labels if spec.labels is not None else ("labels" if "labels" in arrays else None)
+    labels_name = (
+        spec.labels if spec.labels is not None else ("labels" if "labels" in arrays else None)
+    )
     if labels_name is not None and labels_name not in arrays:
         raise UserError(f"{path} has no array '{labels_name}' (it has {sorted(arrays)})")
     input_names = spec.inputs or [n for n in arrays if n != labels_name]

@@ -28,7 +28,7 @@ def import_factory(spec: str, base_dirs: list[Path]) -> Callable[..., Any]:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise UserError(f"model factory '{spec}': '{module_name}' has no function '{func_name}'")
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 def build(spec: str, kwargs: dict[str, Any], base_dirs: list[Path]) -> torch.nn.Module:
@@ -40,7 +40,9 @@ def build(spec: str, kwargs: dict[str, Any], base_dirs: list[Path]) -> torch.nn.
     except TypeError as exc:
         raise UserError(f"model factory '{spec}' rejected its kwargs {kwargs}: {exc}") from None
     if not isinstance(module, torch.nn.Module):
-        raise UserError(f"model factory '{spec}' returned {type(module).__name__}, not a torch module")
+        raise UserError(
+            f"model factory '{spec}' returned {type(module).__name__}, not a torch module"
+        )
     return module
 
 
@@ -55,7 +57,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise UserError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+            raise UserError(
+                f"checkpoint {path} is not a readable safetensors file: {exc}"
+            ) from None
     if path.suffix not in (".pt", ".pth", ".bin"):
         raise UserError(f"checkpoint {path}: use a .safetensors file (or .pt saved weights)")
     try:
@@ -69,9 +73,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, OSError, EOFError) as exc:
         raise UserError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0]}") from None
-    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+    if (
+        isinstance(loaded, dict)
+        and "state_dict" in loaded
+        and isinstance(loaded["state_dict"], dict)
+    ):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
         raise UserError(f"checkpoint {path} holds {type(loaded).__name__}, not a state dict")
     return loaded
 

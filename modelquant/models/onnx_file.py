@@ -42,7 +42,10 @@ def check(path: Path) -> None:
 
     try:
         onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as e:
+    except (
+        onnx.checker.ValidationError,
+        onnx.onnx_cpp2py_export.shape_inference.InferenceError,
+    ) as e:
         raise UserError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0]}") from None
     except Exception as exc:  # protobuf decode errors have no public type
         raise UserError(f"{path} cannot be read as ONNX: {str(exc).splitlines()[0]}") from None
@@ -89,7 +92,10 @@ def copy(src: Path, dst: Path) -> Path:
         # Rewrite so the side file is named after the destination and travels with it.
         model = _load(src, with_data=True)
         onnx.save_model(
-            model, str(tmp), save_as_external_data=True, location=f"{dst.name}.data",
+            model,
+            str(tmp),
+            save_as_external_data=True,
+            location=f"{dst.name}.data",
             size_threshold=1024,
         )
         os.replace(tmp.with_name(f"{dst.name}.data"), dst.with_name(f"{dst.name}.data"))

@@ -24,8 +24,9 @@ def render_console(report: Report, console: Console) -> None:
             notes = ", ".join(
                 f"{k}={v}" for k, v in s.details.items() if isinstance(v, int | float | str)
             )
-            stages.add_row(str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""),
-                           notes[:120])
+            stages.add_row(
+                str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""), notes[:120]
+            )
         console.print(stages)
     if report.gates:
         gates = Table(title="gates", title_justify="left")
@@ -33,7 +34,10 @@ def render_console(report: Report, console: Console) -> None:
             gates.add_column(col)
         for g in report.gates:
             gates.add_row(
-                g.name, f"{g.threshold:g}", "-" if g.value is None else f"{g.value:.4g}",
-                "[green]pass[/]" if g.passed else "[red]FAIL[/]", g.detail,
+                g.name,
+                f"{g.threshold:g}",
+                "-" if g.value is None else f"{g.value:.4g}",
+                "[green]pass[/]" if g.passed else "[red]FAIL[/]",
+                g.detail,
             )
         console.print(gates)

@@ -33,8 +33,12 @@ def render_markdown(report: Report) -> str:
         _table(
             ["#", "stage", "seconds", "details"],
             [
-                [str(i), s.name, f"{s.seconds:.2f}" + (" (cached)" if s.cached else ""),
-                 json.dumps(s.details, default=str)[:400]]
+                [
+                    str(i),
+                    s.name,
+                    f"{s.seconds:.2f}" + (" (cached)" if s.cached else ""),
+                    json.dumps(s.details, default=str)[:400],
+                ]
                 for i, s in enumerate(report.stages, 1)
             ],
         ),
@@ -44,8 +48,13 @@ def render_markdown(report: Report) -> str:
         _table(
             ["gate", "threshold", "value", "passed", "detail"],
             [
-                [g.name, f"{g.threshold:g}", "-" if g.value is None else f"{g.value:.4g}",
-                 "yes" if g.passed else "**no**", g.detail]
+                [
+                    g.name,
+                    f"{g.threshold:g}",
+                    "-" if g.value is None else f"{g.value:.4g}",
+                    "yes" if g.passed else "**no**",
+                    g.detail,
+                ]
                 for g in report.gates
             ],
         )

@@ -25,12 +25,20 @@ def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
     """(what, baseline, compressed, delta) rows: accuracy, size, params, latency per backend."""
     b, c, d = report.baseline, report.compressed, report.deltas
     rows = [
-        (f"{b.metric.replace('_', ' ')} (cpu)", f"{b.accuracy:.2%}", f"{c.accuracy:.2%}",
-         f"{d.accuracy_pt:+.2f} pt"),
+        (
+            f"{b.metric.replace('_', ' ')} (cpu)",
+            f"{b.accuracy:.2%}",
+            f"{c.accuracy:.2%}",
+            f"{d.accuracy_pt:+.2f} pt",
+        ),
         ("ONNX size", fmt_bytes(b.size_bytes), fmt_bytes(c.size_bytes), f"{d.size_ratio:.3f}x"),
         ("size gzipped", fmt_bytes(b.gzip_bytes), fmt_bytes(c.gzip_bytes), f"{d.gzip_ratio:.3f}x"),
-        ("parameters (non-zero)", f"{b.params:,} ({b.nonzero_params:,})",
-         f"{c.params:,} ({c.nonzero_params:,})", f"{d.params_ratio:.3f}x"),
+        (
+            "parameters (non-zero)",
+            f"{b.params:,} ({b.nonzero_params:,})",
+            f"{c.params:,} ({c.nonzero_params:,})",
+            f"{d.params_ratio:.3f}x",
+        ),
     ]
     if c.agreement is not None:
         rows.append(("agrees with baseline", "", f"{c.agreement:.2%}", ""))
@@ -42,12 +50,25 @@ def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
         label = f"{backend} (emulated)" if entry is not None and entry.emulated else backend
         if backend != "cpu" and entry is not None and entry.accuracy is not None:
             base_acc = b.backends[backend].accuracy or 0.0
-            rows.append((f"accuracy on {label}", f"{base_acc:.2%}", f"{entry.accuracy:.2%}",
-                         f"{(entry.accuracy - base_acc) * 100:+.2f} pt"))
+            rows.append(
+                (
+                    f"accuracy on {label}",
+                    f"{base_acc:.2%}",
+                    f"{entry.accuracy:.2%}",
+                    f"{(entry.accuracy - base_acc) * 100:+.2f} pt",
+                )
+            )
         for bs in report.recipe.get("evaluate", {}).get("batch_sizes", []):
             speed = d.speedup.get(backend, {}).get(str(bs))
-            delta = (f"{speed.value:.2f}x [{speed.ci95[0]:.2f}, {speed.ci95[1]:.2f}]"
-                     if speed else "")
-            rows.append((f"{label} p50, batch {bs}", _latency(b, backend, str(bs)),
-                         _latency(c, backend, str(bs)), delta))
+            delta = (
+                f"{speed.value:.2f}x [{speed.ci95[0]:.2f}, {speed.ci95[1]:.2f}]" if speed else ""
+            )
+            rows.append(
+                (
+                    f"{label} p50, batch {bs}",
+                    _latency(b, backend, str(bs)),
+                    _latency(c, backend, str(bs)),
+                    delta,
+                )
+            )
     return rows

@@ -1,4 +1,4 @@
-"""What a stage is: a typed config, a `run(state, ctx) -> state`, and the registry of stage names."""
+"""What a stage is: a typed config, `run(state, ctx) -> state`, and the registry of stage names."""
 
 from __future__ import annotations
 
@@ -79,7 +79,9 @@ def register_stage(name: str) -> Callable[[S], S]:
 
     def decorate(cls: S) -> S:
         if name in _REGISTRY:
-            raise ValueError(f"stage '{name}' is registered twice ({_REGISTRY[name]!r} and {cls!r})")
+            raise ValueError(
+                f"stage '{name}' is registered twice ({_REGISTRY[name]!r} and {cls!r})"
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls

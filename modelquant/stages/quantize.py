@@ -1,4 +1,4 @@
-"""The `quantize` stage: static (QDQ / QOperator) and dynamic INT8 through onnxruntime.quantization."""
+"""The `quantize` stage: static (QDQ, QOperator) and dynamic INT8 via onnxruntime.quantization."""
 
 from __future__ import annotations
 
