@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar
+
+BACKEND_NAMES = ("cpu", "cuda", "npu")
+"""Every backend modelquant knows, whether or not it can run on this machine."""
+
+# name -> "module:class"; modules are imported on demand so that importing this package stays
+# free of onnxruntime and torch.
+_REGISTRY = {
+    "cpu": "modelquant.backends.cpu:CpuBackend",
+    "cuda": "modelquant.backends.cuda:CudaBackend",
+    "npu": "modelquant.backends.npu:NpuBackend",
+}
 
 
 class Backend(ABC):
@@ -24,12 +36,43 @@ class Backend(ABC):
         """Library versions that decide this backend's numerics and speed."""
 
     @abstractmethod
-    def session(self, path: Path, threads: int | None) -> Any:
-        """An onnxruntime InferenceSession (or an object with the same `run`) for `path`."""
+    def session(self, path: Path, threads: int | None, batch_size: int | None = None) -> Any:
+        """An onnxruntime InferenceSession (or an object with the same `run`) for `path`.
+
+        `batch_size` fixes a symbolic batch dimension where the backend needs static shapes
+        (npu); backends that take any batch ignore it.
+        """
 
 
 def get_backend(name: str) -> Backend:
-    from modelquant.backends.cpu import CpuBackend
+    """The backend called `name` (one of BACKEND_NAMES); KeyError names the known ones."""
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown backend '{name}' (known: {', '.join(BACKEND_NAMES)})") from None
+    module, cls = target.split(":")
+    backend: Backend = getattr(import_module(module), cls)()
+    return backend
 
-    backends: dict[str, type[Backend]] = {"cpu": CpuBackend}
-    return backends[name]()
+
+def backend_table() -> list[dict[str, Any]]:
+    """One row per known backend: name, available, reason, execution_provider, versions, emulated.
+
+    `versions` is filled only where the backend is available (asking an absent runtime for its
+    version would fail or mislead).
+    """
+    rows = []
+    for name in BACKEND_NAMES:
+        backend = get_backend(name)
+        ok, reason = backend.available()
+        rows.append(
+            {
+                "name": name,
+                "available": ok,
+                "reason": reason,
+                "execution_provider": backend.execution_provider,
+                "versions": backend.versions() if ok else {},
+                "emulated": backend.emulated,
+            }
+        )
+    return rows

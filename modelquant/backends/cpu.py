@@ -20,7 +20,7 @@ class CpuBackend(Backend):
 
         return {"onnxruntime": ort.__version__}
 
-    def session(self, path: Path, threads: int | None) -> Any:
+    def session(self, path: Path, threads: int | None, batch_size: int | None = None) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()

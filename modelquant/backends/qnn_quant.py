@@ -1,0 +1,116 @@
+"""The NPU flavour of a model: batch fixed, QNN pre-processing, QDQ quantization the HTP accepts."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+Activations = Literal["uint8", "uint16"]
+Weights = Literal["uint8", "int8"]
+Calibration = Literal["minmax", "percentile", "entropy", "distribution"]
+
+
+def fix_batch(src: Path | str, dst: Path | str, batch_size: int) -> Path:
+    """Copy of `src` with axis 0 of every graph input fixed to `batch_size` (named or unnamed
+    dims; a named dim is fixed everywhere it appears) and the output shapes inferred again."""
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    model = onnx.load(str(src))
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers or not value.type.tensor_type.HasField("shape"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if not dims:
+            continue
+        if dims[0].HasField("dim_param"):
+            make_dim_param_fixed(model.graph, dims[0].dim_param, batch_size)
+        elif not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
+            dims[0].Clear()
+            dims[0].dim_value = batch_size
+        elif dims[0].dim_value != batch_size:
+            raise ValueError(
+                f"input '{value.name}' of {src} is fixed to batch {dims[0].dim_value}, "
+                f"not {batch_size}"
+            )
+    fix_output_shapes(model)
+    dst = Path(dst)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def qnn_variant(
+    fp32_path: Path | str,
+    out_path: Path | str,
+    reader: Any,
+    activations: Activations = "uint8",
+    weights: Weights = "uint8",
+    batch_size: int = 1,
+    per_channel: bool = False,
+    calibration: Calibration = "minmax",
+    percentile: float = 99.999,
+    nodes_to_exclude: list[str] | None = None,
+) -> Path:
+    """Quantize an FP32 ONNX model for the HTP and write it to `out_path`.
+
+    Steps: fix the batch to `batch_size` (the HTP needs static shapes), `qnn_preprocess_model`
+    (fuses Erf->Gelu, ReduceL2->LpNormalization where it finds them), `get_qnn_qdq_config`
+    (QDQ with the type overrides QNN needs), `quantize`. `reader` is an onnxruntime
+    CalibrationDataReader yielding {input name: array} with exactly `batch_size` rows.
+    uint16 activations use com.microsoft Q/DQ (below opset 21); int8 weights are symmetric.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import (
+        get_qnn_qdq_config,
+        qnn_preprocess_model,
+    )
+
+    act_type = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16}[activations]
+    weight_type = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[weights]
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+        "distribution": CalibrationMethod.Distribution,
+    }[calibration]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mq-qnn-") as tmp, _quiet():
+        fixed = fix_batch(fp32_path, Path(tmp) / "fixed.onnx", batch_size)
+        prepared = Path(tmp) / "prepared.onnx"
+        source = prepared if qnn_preprocess_model(str(fixed), str(prepared)) else fixed
+        config = get_qnn_qdq_config(
+            str(source),
+            reader,
+            calibrate_method=method,
+            activation_type=act_type,
+            weight_type=weight_type,
+            per_channel=per_channel,
+            nodes_to_exclude=nodes_to_exclude,
+        )
+        if calibration == "percentile":
+            config.extra_options["CalibPercentile"] = percentile
+        quantize(str(source), str(out_path), config)
+    return out_path
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization logs advice at WARNING through the root logger and its histogram
+    calibrators print progress to stdout, which must stay clean for --json."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
