@@ -167,12 +167,12 @@ def evaluate(
         if not model.is_file():
             raise UserError(f"model file not found: {model}")
         onnx_file.check(model)
-        from modelquant.evaluator import evaluate_pair
+        from modelquant.evaluator import evaluate_models
 
         data = load_dataset(spec.data.evaluation, recipe.resolve().parent)
         statuses: dict[str, BackendStatus] = {}
-        # The model against itself: one code path; the second copy is not reported.
-        result, _, _ = evaluate_pair(model, model, data, spec.evaluate, statuses)
+        # The evaluator's one code path, with the model in both seats; only one is reported.
+        result = evaluate_models(model, model, data, spec.evaluate, statuses).baseline
         if as_json:
             sys.stdout.write(result.model_dump_json(indent=2) + "\n")
             return
@@ -194,6 +194,85 @@ def evaluate(
                 )
         out.print(table)
         out.print(f"size {result.size_bytes:,} bytes · params {result.params:,}")
+
+    _run_guarded(work, debug)
+
+
+@app.command()
+def backends(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+) -> None:
+    """What can run here: each backend, whether it is available and why not, and its versions."""
+    from rich.table import Table
+
+    from modelquant.backends import backend_table
+
+    rows = backend_table()
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="backends", title_justify="left")
+    for col in ("backend", "available", "execution provider", "versions / reason"):
+        table.add_column(col)
+    for row in rows:
+        avail = "[green]yes[/]" if row["available"] else "[red]no[/]"
+        if row["available"] and row["emulated"]:
+            avail += " (emulated)"
+        detail = (
+            ", ".join(f"{k} {v}" for k, v in row["versions"].items())
+            if row["available"]
+            else row["reason"]
+        )
+        table.add_row(row["name"], avail, row["execution_provider"], detail)
+    out.print(table)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@app.command()
+def benchmark(
+    models: Annotated[
+        list[Path], typer.Argument(help="One ONNX model, or two to compare (baseline first).")
+    ],
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Backends, comma-separated.")] = (
+        "cpu"
+    ),
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated.")] = "1,32",
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads.")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
+    repeats: Annotated[int, typer.Option(help="Timed runs per model and batch size.")] = 100,
+    block: Annotated[int, typer.Option(help="Runs of one model before switching.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Latency of one or two ONNX models on random inputs, alternated in blocks, with intervals."""
+
+    def work() -> None:
+        from modelquant.benchmark import run_benchmark
+
+        if not 1 <= len(models) <= 2:
+            raise UserError("benchmark takes one model, or two to compare")
+        try:
+            sizes = [int(b) for b in _csv(batch_sizes)]
+        except ValueError:
+            raise UserError(f"--batch-sizes must be integers, got {batch_sizes!r}") from None
+        result = run_benchmark(
+            models,
+            _csv(backend),
+            sizes,
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            block=block,
+        )
+        if as_json:
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            return
+        from modelquant.benchmark import render
+
+        render(result, out)
 
     _run_guarded(work, debug)
 

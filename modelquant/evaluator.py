@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelquant import metrics
-from modelquant.backends import bench, get_backend
+from modelquant.backends import Backend, bench, get_backend
 from modelquant.data import Dataset
+from modelquant.errors import StageError, UserError
 from modelquant.models import onnx_file
 from modelquant.recipe import EvaluateConfig
-from modelquant.report.model import (
-    BackendResult,
-    BackendStatus,
-    Deltas,
-    ModelResult,
-    Speedup,
-)
+from modelquant.report.model import BackendResult, BackendStatus, Deltas, ModelResult, Speedup
+
+EVAL_BATCH = 32
+ROLES = ("baseline", "compressed")
 
 
 def fixed_batch(session: Any) -> int | None:
@@ -28,21 +27,34 @@ def fixed_batch(session: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def predict(session: Any, data: Dataset, batch_size: int) -> np.ndarray:
-    """First output over the whole data set; a fixed-batch model gets its last batch padded."""
-    names = [i.name for i in session.get_inputs()]
+@dataclass
+class Opened:
+    """A session and the batch size it must be fed (None: any)."""
+
+    session: Any
+    batch: int | None
+
+
+def open_session(backend: Backend, path: Path, threads: int | None, batch: int) -> Opened:
+    """Open `path` on `backend`; static-shape backends get a free batch dimension set to `batch`."""
+    static = backend.static_shapes
+    session = backend.session(path, threads, batch_size=batch if static else None)
     fixed = fixed_batch(session)
-    step = fixed or batch_size
+    return Opened(session, fixed if fixed is not None else (batch if static else None))
+
+
+def predict(opened: Opened, data: Dataset, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """First output over the whole data set; a fixed-batch model gets its last batch padded."""
+    names = [i.name for i in opened.session.get_inputs()]
+    step = opened.batch or batch_size
     outputs = []
     for batch, _ in data.batches(step):
         n = len(next(iter(batch.values())))
         feed = {name: batch[name] for name in names}
-        if fixed and n < fixed:
-            feed = {
-                k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)])
-                for k, v in feed.items()
-            }
-        outputs.append(session.run(None, feed)[0][:n])
+        if opened.batch and n < opened.batch:
+            pad = opened.batch - n
+            feed = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feed.items()}
+        outputs.append(opened.session.run(None, feed)[0][:n])
     return np.concatenate(outputs)
 
 
@@ -59,88 +71,127 @@ def describe_model(path: Path, accuracy: float, metric: str) -> ModelResult:
     )
 
 
-def evaluate_pair(
+@dataclass
+class Evaluation:
+    """What `evaluate_models` measured."""
+
+    baseline: ModelResult
+    compressed: ModelResult
+    deltas: Deltas
+    variants: dict[str, ModelResult] = field(default_factory=dict)
+
+
+def _npu_refusal(path: Path, batch: int) -> str | None:
+    """Why the HTP would not run `path` (the refused nodes by name and op type), or None."""
+    from modelquant.backends import npu
+
+    try:
+        refused = npu.unsupported_nodes(path, batch)
+    except npu.NpuError as exc:
+        return f"{path.name}: {exc}"
+    if not refused:
+        return None
+    listed = ", ".join(f"{n.name} ({n.op_type})" for n in refused[:20])
+    more = f" and {len(refused) - 20} more" if len(refused) > 20 else ""
+    return f"the HTP refuses {len(refused)} node(s) of {path.name}: {listed}{more}"
+
+
+def evaluate_models(
     baseline_path: Path,
     compressed_path: Path,
     data: Dataset,
     cfg: EvaluateConfig,
     statuses: dict[str, BackendStatus],
+    variants: dict[str, Path] | None = None,
     log: Callable[[str], None] = lambda _: None,
     timer: bench.Timer | None = None,
-) -> tuple[ModelResult, ModelResult, Deltas]:
-    """Accuracy on every available backend (cpu is the reference), latency alternated in blocks."""
-    if data.labels is None:
-        from modelquant.errors import UserError
+) -> Evaluation:
+    """Accuracy on every available backend (cpu is the reference), latency alternated in blocks.
 
+    A backend with a variant in `variants` (e.g. the static-shape NPU flavour) runs that file as
+    the compressed model; the variant is also scored on the CPU and compared with it (parity).
+    """
+    if data.labels is None:
         raise UserError("evaluation data has no labels; classification accuracy needs them")
-    models = {"baseline": baseline_path, "compressed": compressed_path}
-    results: dict[str, dict[str, BackendResult]] = {"baseline": {}, "compressed": {}}
+    labels = data.labels
+    variants = variants or {}
+    results: dict[str, dict[str, BackendResult]] = {role: {} for role in ROLES}
+    variant_results: dict[str, dict[str, BackendResult]] = {b: {} for b in variants}
+    variant_accuracy: dict[str, float] = {}
     reference: dict[str, float] = {}
     agreement: float | None = None
     speedups: dict[str, dict[str, Speedup]] = {}
-    eval_batch = 32
-    backends = list(dict.fromkeys(["cpu", *cfg.backends]))  # cpu always: the reference accuracy
-    for name in backends:
-        backend = get_backend(name)
+    cpu = get_backend("cpu")
+    for backend_name in dict.fromkeys(["cpu", *cfg.backends]):  # cpu always: the reference
+        backend = get_backend(backend_name)
         ok, reason = backend.available()
-        statuses[name] = BackendStatus(
+        statuses[backend_name] = BackendStatus(
             available=ok,
             reason=reason,
             execution_provider=backend.execution_provider,
             versions=backend.versions() if ok else {},
         )
         if not ok:
-            for role in models:
-                results[role][name] = BackendResult(skipped=reason)
+            for role in ROLES:
+                results[role][backend_name] = BackendResult(skipped=reason)
             continue
-        sessions = {role: backend.session(path, cfg.threads) for role, path in models.items()}
-        outputs = {role: predict(s, data, eval_batch) for role, s in sessions.items()}
+        paths = {
+            "baseline": baseline_path,
+            "compressed": variants.get(backend_name, compressed_path),
+        }
+        samples = data.take(cfg.npu.samples) if backend_name == "npu" else data
+        if backend_name == "npu":
+            refusals = [r for p in dict.fromkeys(paths.values()) if (r := _npu_refusal(p, 1))]
+            if refusals:
+                if cfg.npu.on_unsupported == "fail":
+                    raise StageError("evaluate", "npu: " + "; ".join(refusals))
+                log(f"npu skipped: {'; '.join(refusals)}")
+                for role in ROLES:
+                    results[role][backend_name] = BackendResult(skipped="; ".join(refusals))
+                continue
+        opened = {
+            role: open_session(backend, p, cfg.threads, EVAL_BATCH) for role, p in paths.items()
+        }
+        outputs = {role: predict(o, samples) for role, o in opened.items()}
         for role, out in outputs.items():
-            acc = metrics.top1(out, data.labels)
-            results[role][name] = BackendResult(
-                accuracy=acc,
+            res = BackendResult(
+                accuracy=metrics.top1(out, labels[: len(out)]),
                 emulated=backend.emulated,
                 execution_provider=backend.execution_provider,
+                samples=len(out),
             )
-            if name == "cpu":
-                reference[role] = acc
-        if name == "cpu":
+            if paths[role] != (baseline_path if role == "baseline" else compressed_path):
+                res.model = paths[role].name
+            if backend_name != "cpu":
+                # Same file, same samples, on the reference CPU EP: where the numerics part.
+                from modelquant.backends.parity import output_scale, parity
+
+                on_cpu = predict(open_session(cpu, paths[role], cfg.threads, EVAL_BATCH), samples)
+                res.parity = parity(on_cpu, out, output_scale(paths[role]))
+            results[role][backend_name] = res
+        if backend_name == "cpu":
+            reference = {role: results[role]["cpu"].accuracy or 0.0 for role in ROLES}
             agreement = metrics.agreement(outputs["compressed"], outputs["baseline"])
-        if name not in cfg.backends:
-            continue
-        speedups[name] = {}
-        for bs in cfg.batch_sizes:
-            runnable = {}
-            for role, session in sessions.items():
-                fixed = fixed_batch(session)
-                if fixed is not None and fixed != bs:
-                    results[role][name].notes.append(
-                        f"batch {bs} not timed: model fixed to {fixed}"
-                    )
-                    continue
-                feed = {i.name: data.sample_batch(bs)[i.name] for i in session.get_inputs()}
-                runnable[role] = (session, feed)
-            log(f"timing {name} batch {bs}: {', '.join(runnable)}")
-            runs = {role: (lambda s=s, f=f: s.run(None, f)) for role, (s, f) in runnable.items()}
-            timed = bench.time_alternating(
-                runs,
-                warmup=cfg.warmup,
-                repeats=cfg.repeats,
-                block=cfg.block,
-                **({"timer": timer} if timer else {}),
-            )
-            for role, samples in timed.items():
-                results[role][name].latency_ms[str(bs)] = bench.summarize(samples, cfg.threads)
-            if len(timed) == 2:
-                point, lo, hi = bench.speedup_interval(timed["baseline"], timed["compressed"])
-                speedups[name][str(bs)] = Speedup(value=point, ci95=(lo, hi))
-        if not speedups[name]:
-            del speedups[name]
+        if backend_name in variants:
+            on_cpu = predict(open_session(cpu, paths["compressed"], cfg.threads, EVAL_BATCH), data)
+            variant_accuracy[backend_name] = metrics.top1(on_cpu, labels)
+            variant_results[backend_name][backend_name] = results["compressed"][backend_name]
+        if backend_name in cfg.backends:
+            speedups[backend_name] = _time(backend, paths, data, cfg, results, log, timer)
+            if not speedups[backend_name]:
+                del speedups[backend_name]
     base = describe_model(baseline_path, reference["baseline"], metrics.TOP1.name)
     comp = describe_model(compressed_path, reference["compressed"], metrics.TOP1.name)
     base.backends = {k: v for k, v in results["baseline"].items() if k in cfg.backends}
     comp.backends = {k: v for k, v in results["compressed"].items() if k in cfg.backends}
     comp.agreement = agreement
+    described_variants = {}
+    for backend_name, path in variants.items():
+        if backend_name not in variant_accuracy:  # its backend was skipped
+            continue
+        described = describe_model(path, variant_accuracy[backend_name], metrics.TOP1.name)
+        described.backends = variant_results[backend_name]
+        described_variants[backend_name] = described
     deltas = Deltas(
         accuracy_pt=(comp.accuracy - base.accuracy) * 100,
         size_ratio=comp.size_bytes / base.size_bytes,
@@ -148,4 +199,45 @@ def evaluate_pair(
         params_ratio=comp.params / base.params if base.params else 1.0,
         speedup=speedups,
     )
-    return base, comp, deltas
+    return Evaluation(base, comp, deltas, described_variants)
+
+
+def _time(
+    backend: Backend,
+    paths: dict[str, Path],
+    data: Dataset,
+    cfg: EvaluateConfig,
+    results: dict[str, dict[str, BackendResult]],
+    log: Callable[[str], None],
+    timer: bench.Timer | None,
+) -> dict[str, Speedup]:
+    """Latency per batch size, baseline and compressed alternated in blocks; their speedups."""
+    speedups: dict[str, Speedup] = {}
+    for bs in cfg.batch_sizes:
+        runs = {}
+        for role, path in paths.items():
+            opened = open_session(backend, path, cfg.threads, bs)
+            if opened.batch is not None and opened.batch != bs:
+                results[role][backend.name].notes.append(
+                    f"batch {bs} not timed: {path.name} is fixed to batch {opened.batch}"
+                )
+                continue
+            sample = data.sample_batch(bs)
+            feed: dict[str, Any] = {i.name: sample[i.name] for i in opened.session.get_inputs()}
+            runs[role] = lambda s=opened.session, f=feed: s.run(None, f)
+        if not runs:
+            continue
+        log(f"timing {backend.name} batch {bs}: {', '.join(runs)}")
+        timed = bench.time_alternating(
+            runs,
+            warmup=cfg.warmup,
+            repeats=cfg.repeats,
+            block=cfg.block,
+            **({"timer": timer} if timer else {}),
+        )
+        for role, samples in timed.items():
+            results[role][backend.name].latency_ms[str(bs)] = bench.summarize(samples, cfg.threads)
+        if len(timed) == 2:
+            point, lo, hi = bench.speedup_interval(timed["baseline"], timed["compressed"])
+            speedups[str(bs)] = Speedup(value=point, ci95=(lo, hi))
+    return speedups

@@ -149,14 +149,17 @@ class Pipeline:
                 self.recipe.seed,
                 [self.data_spec(r).model_dump(mode="json") for r in stage.data_roles],
             )
+            before = state
             state = self._run_stage(i, stage, state, ctx, key, settings)
             if stage.produces == "onnx" and state.onnx_path is not None:
-                name = stage.artifact_name()
-                if name in used_names:
-                    name = name.replace(".onnx", f".{i}.onnx")
-                used_names.add(name)
+                name = self._unique(stage.artifact_name(), i, used_names)
                 onnx_file.copy(state.onnx_path, self.out_dir / name)
                 artifacts[f"stage{i}.{stage.name}"] = last_published = name
+                for backend, path in state.variants.items():
+                    if before.variants.get(backend) != path:
+                        vname = self._unique(stage.variant_name(backend), i, used_names)
+                        onnx_file.copy(path, self.out_dir / vname)
+                        artifacts[f"variant.{backend}"] = vname
         compressed = self._final_onnx(state, key)
         if compressed == baseline_onnx:
             artifacts["compressed"] = "baseline.onnx"
@@ -165,6 +168,13 @@ class Pipeline:
         else:
             artifacts["compressed"] = self._publish(compressed, "model.compressed.onnx")
         return self._measure(state, baseline_onnx, compressed, artifacts)
+
+    @staticmethod
+    def _unique(name: str, index: int, used: set[str]) -> str:
+        if name in used:
+            name = name.replace(".onnx", f".{index}.onnx")
+        used.add(name)
+        return name
 
     def _model_key(self) -> str:
         """Hash of what the model is: spec, checkpoint/ONNX bytes, the factory's source."""
@@ -253,7 +263,12 @@ class Pipeline:
             record = StageRecord(
                 stage.name, settings, saved["seconds"], saved["details"], cached=True
             )
-            return state.replace(onnx_path=entry / "model.onnx", lineage=(*state.lineage, record))
+            variants = {b: entry / name for b, name in saved.get("variants", {}).items()}
+            return state.replace(
+                onnx_path=entry / "model.onnx",
+                variants={**state.variants, **variants},
+                lineage=(*state.lineage, record),
+            )
         work = entry.with_name(entry.name + ".partial")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -271,8 +286,14 @@ class Pipeline:
         new = new.replace(lineage=(*state.lineage, record))
         if stage.produces != "onnx":
             return new
+        own_variants = {
+            b: str(p.relative_to(work)) for b, p in new.variants.items() if p.is_relative_to(work)
+        }
         (work / "details.json").write_text(
-            json.dumps({"seconds": seconds, "details": stage_ctx.details}, default=str)
+            json.dumps(
+                {"seconds": seconds, "details": stage_ctx.details, "variants": own_variants},
+                default=str,
+            )
         )
         shutil.rmtree(entry, ignore_errors=True)
         os.replace(work, entry)
@@ -287,20 +308,29 @@ class Pipeline:
     ) -> Report:
         from modelquant import gates
         from modelquant.environment import environment
-        from modelquant.evaluator import evaluate_pair
+        from modelquant.evaluator import evaluate_models
 
         env = environment()
         self.log("measuring baseline and compressed")
-        base, comp, deltas = evaluate_pair(
+        variants = {
+            key.removeprefix("variant."): self.out_dir / name
+            for key, name in artifacts.items()
+            if key.startswith("variant.")
+        }
+        measured = evaluate_models(
             baseline_onnx,
             compressed,
             self.data("evaluation"),
             self.recipe.evaluate,
             env.backends,
+            variants,
             self.log,
         )
+        base, comp, deltas = measured.baseline, measured.compressed, measured.deltas
         base.path = "baseline.onnx"
         comp.path = artifacts["compressed"]
+        for backend, result in measured.variants.items():
+            result.path = artifacts[f"variant.{backend}"]
         judged = gates.judge(self.recipe, base, comp, deltas)
         artifacts = {**artifacts, "report.json": "report.json"}
         if "md" in self.recipe.output.formats:
@@ -323,6 +353,7 @@ class Pipeline:
             ],
             baseline=base,
             compressed=comp,
+            variants=measured.variants,
             deltas=deltas,
             gates=judged,
             artifacts=artifacts,

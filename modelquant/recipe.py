@@ -22,11 +22,12 @@ from pydantic import (
     model_validator,
 )
 
+from modelquant.backends import BACKEND_NAMES as BACKENDS
 from modelquant.errors import UserError
 from modelquant.stages.base import StageConfig, registered_stages
 
 DATA_SOURCES = ("digits", "npz")
-BACKENDS = ("cpu",)
+EMULATED_BACKENDS = ("npu",)
 
 
 class _Strict(BaseModel):
@@ -93,6 +94,18 @@ class DataSection(_Strict):
     evaluation: DataSpec = Field(description="Evaluation data for accuracy (and latency inputs).")
 
 
+class NpuEvaluateConfig(_Strict):
+    """How the emulated NPU (Qualcomm HTP) backend is evaluated."""
+
+    on_unsupported: Literal["fail", "skip"] = Field(
+        "fail",
+        description="When the HTP refuses nodes: fail the run (exit 3, listing them) or skip npu.",
+    )
+    samples: int | None = Field(
+        None, gt=0, description="Cap on evaluation samples run on the emulator (it is slow)."
+    )
+
+
 class EvaluateConfig(_Strict):
     """How the baseline and the result are measured."""
 
@@ -113,6 +126,7 @@ class EvaluateConfig(_Strict):
     threads: int | None = Field(
         None, gt=0, description="Intra-op threads (default: the runtime's own choice)."
     )
+    npu: NpuEvaluateConfig = Field(default_factory=NpuEvaluateConfig)
 
     @field_validator("backends")
     @classmethod
@@ -207,6 +221,11 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
         for backend in self.gates.min_speedup:
+            if backend in EMULATED_BACKENDS:
+                raise ValueError(
+                    f"gates.min_speedup.{backend}: {backend} latency is emulated on this machine "
+                    "and says nothing about the device's speed; it is never gated on"
+                )
             if backend not in self.evaluate.backends:
                 raise ValueError(
                     f"gates.min_speedup names backend '{backend}', which evaluate.backends "

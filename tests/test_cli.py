@@ -234,3 +234,50 @@ def test_help_does_not_import_heavy_modules(args: list[str]) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().endswith("[]")
+
+
+def test_backends_table() -> None:
+    result = runner.invoke(app, ["backends", "--json"])
+    assert result.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["cpu"]["available"] and set(rows) == {"cpu", "cuda", "npu"}
+    if not rows["cuda"]["available"]:
+        assert rows["cuda"]["reason"]
+    table = runner.invoke(app, ["backends"])
+    assert table.exit_code == 0 and "CPUExecutionProvider" in table.output
+
+
+def test_benchmark_two_models(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert compress(write_recipe(), out).exit_code == 0
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            str(out / "baseline.onnx"),
+            str(out / "model.int8.onnx"),
+            "--batch-sizes",
+            "1,4",
+            "--repeats",
+            "6",
+            "--warmup",
+            "1",
+            "--block",
+            "3",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["backends"]["cpu"]["batch"]
+    assert set(rows) == {"1", "4"}
+    speed = rows["4"]["speedup"]
+    assert speed["ci95"][0] <= speed["value"] <= speed["ci95"][1]
+    assert rows["1"][str(out / "baseline.onnx")]["runs"] == 6
+
+
+def test_benchmark_bad_input_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["benchmark", str(tmp_path / "missing.onnx")])
+    assert result.exit_code == 2
+    assert "model file not found" in one_line_error(result.output)

@@ -45,3 +45,16 @@ def train(model: nn.Module, epochs: int = 3, seed: int = 0) -> nn.Module:
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
+
+
+class CeluCNN(TinyCNN):
+    """TinyCNN with a CELU activation: an op (Celu) the QNN HTP backend refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier[2] = nn.CELU()
+
+
+def build_celu() -> nn.Module:
+    torch.manual_seed(0)
+    return CeluCNN()

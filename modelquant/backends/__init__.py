@@ -26,6 +26,8 @@ class Backend(ABC):
     execution_provider: ClassVar[str]
     emulated: ClassVar[bool] = False
     """True where latency says nothing about the real device (never gated on)."""
+    static_shapes: ClassVar[bool] = False
+    """True where sessions need every dimension fixed (a free batch is set per session)."""
 
     @abstractmethod
     def available(self) -> tuple[bool, str]:

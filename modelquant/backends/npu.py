@@ -94,6 +94,7 @@ class NpuBackend(Backend):
     name = "npu"
     execution_provider = EP_NAME
     emulated = True  # the x86 wheel runs an HTP simulator: its latency says nothing of a phone's
+    static_shapes = True
 
     def available(self) -> tuple[bool, str]:
         try:

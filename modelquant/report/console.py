@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelquant.report.model import Report
-from modelquant.report.rows import comparison_rows
+from modelquant.report.rows import comparison_rows, stage_notes
 
 
 def render_console(report: Report, console: Console) -> None:
@@ -21,11 +21,9 @@ def render_console(report: Report, console: Console) -> None:
         for col in ("#", "stage", "seconds", "notes"):
             stages.add_column(col)
         for i, s in enumerate(report.stages, 1):
-            notes = ", ".join(
-                f"{k}={v}" for k, v in s.details.items() if isinstance(v, int | float | str)
-            )
+            notes = stage_notes(s.settings, s.details)
             stages.add_row(
-                str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""), notes[:120]
+                str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""), notes
             )
         console.print(stages)
     if report.gates:

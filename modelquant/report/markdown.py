@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from modelquant.report.model import Report
-from modelquant.report.rows import comparison_rows
+from modelquant.report.rows import comparison_rows, stage_notes
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -37,7 +35,7 @@ def render_markdown(report: Report) -> str:
                     str(i),
                     s.name,
                     f"{s.seconds:.2f}" + (" (cached)" if s.cached else ""),
-                    json.dumps(s.details, default=str)[:400],
+                    stage_notes(s.settings, s.details),
                 ]
                 for i, s in enumerate(report.stages, 1)
             ],

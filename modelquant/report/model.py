@@ -28,6 +28,15 @@ class BackendResult(_Model):
     execution_provider: str | None = None
     skipped: str | None = None
     notes: list[str] = Field(default_factory=list)
+    samples: int | None = Field(None, description="Evaluation samples the accuracy is over.")
+    model: str | None = Field(
+        None, description="The file that ran here when it is a backend variant of the model."
+    )
+    parity: dict[str, Any] | None = Field(
+        None,
+        description="Same file on this backend vs the CPU EP: max_abs_diff, beyond_one_step, "
+        "top1_agreement, ...",
+    )
 
 
 class ModelResult(_Model):

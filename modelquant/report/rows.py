@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from modelquant.report.model import ModelResult, Report
 
 
@@ -19,6 +21,35 @@ def _latency(result: ModelResult, backend: str, bs: str) -> str:
         return "skipped"
     lat = entry.latency_ms.get(bs)
     return "-" if lat is None else f"{lat.p50:.3f} ms (p90 {lat.p90:.3f})"
+
+
+def _parity(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "-"
+    text = f"max |diff| {parity['max_abs_diff']:.3g}"
+    if parity.get("max_steps") is not None:
+        text += f" ({parity['max_steps']:.0f} steps)"
+    if parity.get("top1_agreement") is not None:
+        text += f", top-1 agree {parity['top1_agreement']:.1%}"
+    return text
+
+
+def stage_notes(settings: dict[str, Any], details: dict[str, Any]) -> str:
+    """What a stage reported beyond its settings, as short key=value pairs."""
+    parts = []
+    for key, value in details.items():
+        if key in settings and settings[key] == value:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(
+                f"{k}={v}" for k, v in value.items() if not isinstance(v, dict | list)
+            )
+        elif isinstance(value, float):
+            value = f"{value:.3g}"
+        elif isinstance(value, list):
+            value = f"[{len(value)}]" if len(value) > 3 else ", ".join(map(str, value)) or "none"
+        parts.append(f"{key}: {value}")
+    return "; ".join(parts)
 
 
 def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
@@ -50,12 +81,21 @@ def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
         label = f"{backend} (emulated)" if entry is not None and entry.emulated else backend
         if backend != "cpu" and entry is not None and entry.accuracy is not None:
             base_acc = b.backends[backend].accuracy or 0.0
+            ran = f" ({entry.model})" if entry.model else ""
             rows.append(
                 (
-                    f"accuracy on {label}",
+                    f"top1 on {label}",
                     f"{base_acc:.2%}",
-                    f"{entry.accuracy:.2%}",
+                    f"{entry.accuracy:.2%}{ran}",
                     f"{(entry.accuracy - base_acc) * 100:+.2f} pt",
+                )
+            )
+            rows.append(
+                (
+                    f"{backend} vs cpu, same file",
+                    _parity(b.backends[backend].parity),
+                    _parity(entry.parity),
+                    "",
                 )
             )
         for bs in report.recipe.get("evaluate", {}).get("batch_sizes", []):

@@ -65,6 +65,10 @@ class Stage(ABC):
         """File name of this stage's ONNX output in the output folder."""
         return f"model.{self.name}.onnx"
 
+    def variant_name(self, backend: str) -> str:
+        """File name of the stage's variant for `backend` (e.g. a static-shape NPU flavour)."""
+        return f"model.{self.name}.{backend}.onnx"
+
     @abstractmethod
     def run(self, state: ModelState, ctx: StageContext) -> ModelState:
         """Return the model after this stage; put what the report should say in `ctx.details`."""

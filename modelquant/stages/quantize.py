@@ -50,6 +50,17 @@ class OverrideRule(BaseModel):
     precision: Literal["fp32"] = Field("fp32", description="Precision for matched layers.")
 
 
+class NpuVariantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    activations: Literal["uint16", "uint8"] = Field(
+        "uint16", description="Activation type of the NPU variant (uint16: closer to FP32)."
+    )
+    weights: Literal["uint8", "int8"] = Field("uint8", description="Weight type of the variant.")
+    batch_size: int = Field(1, gt=0, description="The variant's fixed batch size (static shapes).")
+    per_channel: bool = Field(False, description="Per-channel weight scales in the variant.")
+
+
 class QuantizeConfig(StageConfig):
     precision: Literal["int8"] = Field("int8", description="Target precision.")
     mode: Literal["static", "dynamic"] = Field(
@@ -72,6 +83,10 @@ class QuantizeConfig(StageConfig):
     )
     overrides: list[OverrideRule] = Field(
         default_factory=list, description="Per-layer precision rules, first match wins."
+    )
+    npu: NpuVariantConfig = Field(
+        default_factory=NpuVariantConfig,
+        description="The NPU variant, made when evaluate.backends lists npu (QNN QDQ flavour).",
     )
 
 
@@ -164,6 +179,9 @@ class Quantize(Stage):
     def artifact_name(self) -> str:
         return f"model.{self.config.precision}.onnx"
 
+    def variant_name(self, backend: str) -> str:
+        return f"model.{self.config.precision}.{backend}.onnx"
+
     def run(self, state: ModelState, ctx: StageContext) -> ModelState:
         from modelquant.models import onnx_file
 
@@ -203,7 +221,50 @@ class Quantize(Stage):
             quiet.setLevel(level)
         onnx_file.check(out)
         ctx.details["qdq_nodes"] = _count_ops(out, ("QuantizeLinear", "DequantizeLinear"))
-        return state.replace(onnx_path=out)
+        variants = dict(state.variants)
+        if "npu" in ctx.recipe.evaluate.backends and cfg.mode == "static":
+            variants["npu"] = self._npu_variant(state.onnx_path, excluded, ctx)
+        return state.replace(onnx_path=out, variants=variants)
+
+    def _npu_variant(self, source: Path, excluded: list[str], ctx: StageContext) -> Path:
+        """The QNN flavour: fixed batch, QNN pre-processing and QDQ config (get_qnn_qdq_config)."""
+        from modelquant.backends.qnn_quant import qnn_variant
+        from modelquant.models import onnx_file
+
+        cfg = self.config
+        npu = cfg.npu
+        samples = cfg.calibration.samples or DEFAULT_CALIBRATION_SAMPLES
+        data = ctx.data("calibration").take(samples)
+        names = list(onnx_file.input_names(source))
+        out = ctx.work_dir / "model.npu.onnx"
+        try:
+            qnn_variant(
+                source,
+                out,
+                _Reader(data, npu.batch_size, names),
+                activations=npu.activations,
+                weights=npu.weights,
+                batch_size=npu.batch_size,
+                per_channel=npu.per_channel,
+                calibration=cfg.calibration.method,
+                percentile=cfg.calibration.percentile,
+                nodes_to_exclude=excluded or None,
+            )
+        except ImportError as exc:
+            raise UserError(
+                f"the npu variant needs modelquant[npu] (onnxruntime-qnn): {exc}"
+            ) from None
+        except Exception as exc:
+            raise StageError("quantize", f"QNN variant quantization failed: {exc}") from exc
+        onnx_file.check(out)
+        ctx.details["npu_variant"] = {
+            "activations": npu.activations,
+            "weights": npu.weights,
+            "batch_size": npu.batch_size,
+            "per_channel": npu.per_channel,
+            "qdq_nodes": _count_ops(out, ("QuantizeLinear", "DequantizeLinear")),
+        }
+        return out
 
     def _preprocess(self, source: Path, ctx: StageContext) -> Path:
         from onnxruntime.quantization.shape_inference import quant_pre_process
