@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-int8"))
     parser.add_argument("--threads", default="1,2")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=200)
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for label, overrides in VARIANTS.items():

@@ -57,7 +57,7 @@ class Pipeline:
         self.recipe = recipe
         self.recipe_path = recipe_path
         self.base_dirs = [recipe_path.resolve().parent]
-        self.out_dir = out_dir or recipe.output.dir or Path("runs") / recipe.name
+        self.out_dir = (out_dir or recipe.output.dir or Path("runs") / recipe.name).absolute()
         self.cache_dir = self.out_dir / ".cache"
         self.log = log
         self._data: dict[str, Dataset] = {}

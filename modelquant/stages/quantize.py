@@ -269,7 +269,8 @@ class Quantize(Stage):
     def _preprocess(self, source: Path, ctx: StageContext) -> Path:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        target = ctx.work_dir / "preprocessed.onnx"
+        target = (ctx.work_dir / "preprocessed.onnx").resolve()
+        source = source.resolve()  # the working directory changes below
         with tempfile.TemporaryDirectory(prefix="mq-pre-") as tmp, _inside(Path(tmp)):
             try:
                 # Symbolic shape inference is for transformer graphs and fails on some exports.

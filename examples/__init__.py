@@ -1,0 +1,1 @@
+"""Runnable examples with their small checkpoints."""
