@@ -9,8 +9,8 @@ from torch import nn
 class DigitsCNN(nn.Module):
     """Input N x 1 x 8 x 8 in [0, 1]; output N x 10 logits.
 
-    Sized (118,186 parameters at width 32, hidden 96) so that INT8 has work to speed up: a 6k-parameter
-    digits CNN runs INT8 slower than FP32 and its ONNX file is mostly graph.
+    Sized (118,186 parameters at width 32, hidden 96) so that INT8 has work to speed up: a
+    6k-parameter digits CNN runs INT8 slower than FP32 and its ONNX file is mostly graph.
     """
 
     def __init__(self, width: int = 32, hidden: int = 96) -> None:
