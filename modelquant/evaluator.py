@@ -225,14 +225,20 @@ def _time(
             sample = data.sample_batch(bs)
             feed: dict[str, Any] = {i.name: sample[i.name] for i in opened.session.get_inputs()}
             runs[role] = lambda s=opened.session, f=feed: s.run(None, f)
-        if not runs:
+        if len(runs) < len(paths):
+            # One model alone gives no comparison; on an emulator it would cost minutes.
+            for role in runs:
+                results[role][backend.name].notes.append(
+                    f"batch {bs} not timed: the other model cannot run it here"
+                )
             continue
         log(f"timing {backend.name} batch {bs}: {', '.join(runs)}")
+        repeats = min(cfg.repeats, cfg.npu.repeats) if backend.emulated else cfg.repeats
         timed = bench.time_alternating(
             runs,
-            warmup=cfg.warmup,
-            repeats=cfg.repeats,
-            block=cfg.block,
+            warmup=min(cfg.warmup, 2) if backend.emulated else cfg.warmup,
+            repeats=repeats,
+            block=min(cfg.block, repeats),
             **({"timer": timer} if timer else {}),
         )
         for role, samples in timed.items():

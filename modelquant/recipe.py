@@ -104,6 +104,9 @@ class NpuEvaluateConfig(_Strict):
     samples: int | None = Field(
         None, gt=0, description="Cap on evaluation samples run on the emulator (it is slow)."
     )
+    repeats: int = Field(
+        20, gt=0, description="Cap on timed runs on the emulator (its latency is not gated)."
+    )
 
 
 class EvaluateConfig(_Strict):
