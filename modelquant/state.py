@@ -101,3 +101,12 @@ def export_onnx(
             do_constant_folding=True,
         )
     return path
+
+
+def parameter_counts(module: torch.nn.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters) of a torch module."""
+    total = nonzero = 0
+    for p in module.parameters():
+        total += p.numel()
+        nonzero += int((p != 0).sum())
+    return total, nonzero

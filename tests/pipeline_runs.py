@@ -17,3 +17,34 @@ def run_recipe(checkpoint: Path, out: Path, **changes: Any) -> tuple[Report, Pip
     report = pipeline.run()
     pipeline.write_report(report)
     return report, pipeline
+
+
+def run_stage(
+    name: str,
+    config: dict[str, Any],
+    module: Any,
+    checkpoint: Path,
+    tmp_path: Path,
+    seed: int = 0,
+) -> tuple[Any, dict[str, Any]]:
+    """Run one registered stage on a torch module with the tiny recipe's data; (module, details)."""
+    from modelquant.stages import StageContext, registered_stages
+    from modelquant.state import ModelState
+
+    recipe = Recipe.model_validate(tiny_recipe_dict(checkpoint, seed=seed))
+    pipeline = Pipeline(recipe, tmp_path / "recipe.yaml", tmp_path)
+    stage_cls = registered_stages()[name]
+    stage = stage_cls(stage_cls.Config.model_validate(config))
+    state = ModelState(module=module, input_names=("input",))
+    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(
+        recipe=recipe,
+        base_dir=tmp_path,
+        out_dir=tmp_path,
+        cache_dir=tmp_path / ".cache",
+        baseline=state,
+        data=pipeline.data,
+        work_dir=tmp_path / "work",
+    )
+    out = stage.run(state, ctx)
+    return out.module, ctx.details

@@ -9,7 +9,7 @@ from modelquant.errors import UserError
 from modelquant.state import ModelState
 
 if TYPE_CHECKING:
-    from modelquant.recipe import ModelSpec
+    from modelquant.models.spec import ModelSpec
 
 
 def resolve_path(path: Path, base_dirs: list[Path], what: str) -> Path:

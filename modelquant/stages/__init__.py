@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from modelquant.stages import export, quantize  # noqa: F401  (each module registers its stage)
+from modelquant.stages import (  # noqa: F401  (each module registers its stage)
+    distill,
+    export,
+    prune,
+    quantize,
+)
 from modelquant.stages.base import (
     Stage,
     StageConfig,

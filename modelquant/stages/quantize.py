@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelquant.errors import StageError, UserError
+from modelquant.layer_rules import rule_matches
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.state import ModelState
 
@@ -125,14 +125,8 @@ def _layer_names(node: Any, initializers: set[str]) -> list[str]:
 
 
 def match_rule(rule: str, node: Any, initializers: set[str]) -> bool:
-    """First-match-wins layer rules: exact name, `re:<regex>` (full match), `type:<OpType>`."""
-    if rule.startswith("type:"):
-        return bool(node.op_type == rule[5:])
-    names = _layer_names(node, initializers)
-    if rule.startswith("re:"):
-        pattern = re.compile(rule[3:])
-        return any(pattern.fullmatch(n) or pattern.fullmatch(n.lstrip("/")) for n in names)
-    return rule in names
+    """Whether a layer rule picks this ONNX node (by node name, torch module path or op type)."""
+    return rule_matches(rule, _layer_names(node, initializers), node.op_type)
 
 
 def resolve_overrides(model_path: Path, rules: list[OverrideRule]) -> dict[str, str]:

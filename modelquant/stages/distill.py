@@ -1,0 +1,250 @@
+"""The `distill` stage: train a student on a teacher's softened logits, features and the labels."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from modelquant.errors import UserError
+from modelquant.models.spec import ModelSpec
+from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
+from modelquant.stages.finetune import FinetuneConfig, accuracy, deterministic, finetune
+from modelquant.state import ModelState, parameter_counts
+
+if TYPE_CHECKING:
+    import torch
+
+
+class LossWeights(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kl: float = Field(0.7, ge=0, description="KL on temperature-softened logits (scaled by T^2).")
+    task: float | list[float] = Field(
+        0.3,
+        description="Cross-entropy on the labels; a list weighs each output of a multi-head model.",
+    )
+    feature: float = Field(0.0, ge=0, description="MSE between the paired intermediate features.")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> LossWeights:
+        task = self.task if isinstance(self.task, list) else [self.task]
+        if any(w < 0 for w in task):
+            raise ValueError("loss weights are >= 0")
+        if self.kl == 0 and sum(task) == 0 and self.feature == 0:
+            raise ValueError("give at least one loss term a weight above 0")
+        return self
+
+
+class FeaturePair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(description="Module name in the teacher (e.g. 'features.2').")
+    student: str = Field(description="Module name in the student whose output should match it.")
+
+
+class DistillConfig(StageConfig):
+    teacher: Literal["baseline"] | ModelSpec = Field(
+        "baseline", description="'baseline' (the model as loaded) or a model spec (factory)."
+    )
+    student: Literal["current"] | ModelSpec = Field(
+        "current", description="'current' (the model coming in) or a spec of a new architecture."
+    )
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KL term.")
+    losses: LossWeights = Field(default_factory=LossWeights)
+    features: list[FeaturePair] = Field(
+        default_factory=list, description="Teacher/student layer pairs for the feature term."
+    )
+    finetune: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(epochs=10), description="Training settings."
+    )
+    compare_alone: bool = Field(
+        False, description="Also train the same student on the labels alone and report both."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        if self.losses.feature > 0 and not self.features:
+            raise ValueError("losses.feature needs `features` (teacher/student layer pairs)")
+        for spec in (self.teacher, self.student):
+            if isinstance(spec, ModelSpec) and spec.factory is None:
+                raise ValueError("teacher and student specs need a torch factory, not an ONNX file")
+        return self
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+class _FeatureTaps:
+    """Forward hooks that keep the latest output of named modules."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = []
+        for name in names:
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise UserError(
+                    f"distill features: no module named '{name}' in the model"
+                ) from None
+            self.handles.append(module.register_forward_hook(self._keep(name)))
+
+    def _keep(self, name: str) -> Any:
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            self.outputs[name] = _first(output)
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _projection(student: torch.Tensor, teacher: torch.Tensor) -> torch.nn.Module:
+    """A learned map from the student's feature width to the teacher's (identity when equal)."""
+    import torch
+
+    if student.shape == teacher.shape:
+        return torch.nn.Identity()
+    if student.dim() == 4 and student.shape[2:] == teacher.shape[2:]:
+        return torch.nn.Conv2d(student.shape[1], teacher.shape[1], 1, bias=False)
+    if student.dim() == 2:
+        return torch.nn.Linear(student.shape[1], teacher.shape[1], bias=False)
+    raise UserError(
+        f"distill features: cannot match student shape {tuple(student.shape)} to teacher "
+        f"{tuple(teacher.shape)} (channels may differ, spatial size must not)"
+    )
+
+
+@register_stage("distill")
+class Distill(Stage):
+    """Knowledge distillation from a teacher into a (smaller) student, with optional features."""
+
+    Config = DistillConfig
+    needs = "torch"
+    produces = "torch"
+    data_roles: ClassVar[tuple[str, ...]] = ("train",)
+    config: DistillConfig
+
+    def _load(self, spec: ModelSpec, ctx: StageContext) -> torch.nn.Module:
+        from modelquant.models import factory, resolve_path
+
+        assert spec.factory is not None
+        with deterministic(ctx.seed):  # a fresh student starts from the same weights every run
+            module = factory.build(spec.factory, spec.kwargs, [ctx.base_dir])
+        if spec.checkpoint is not None:
+            factory.load_checkpoint(
+                module, resolve_path(spec.checkpoint, [ctx.base_dir], "checkpoint")
+            )
+        return module
+
+    def run(self, state: ModelState, ctx: StageContext) -> ModelState:
+        import torch
+
+        cfg = self.config
+        if cfg.teacher == "baseline":
+            if ctx.baseline.module is None:
+                raise UserError("distill teacher 'baseline' needs a torch model (model.factory)")
+            teacher = copy.deepcopy(ctx.baseline.module)
+        else:
+            teacher = self._load(cfg.teacher, ctx)
+        if cfg.student == "current":
+            assert state.module is not None
+            student = copy.deepcopy(state.module)
+        else:
+            student = self._load(cfg.student, ctx)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        start = copy.deepcopy(student)  # the same starting point for the student-alone run
+        evaluation = ctx.data("evaluation")
+        train = ctx.data("train")
+        projections = self._projections(teacher, student, train.sample_batch(2), ctx)
+        extra = [p for m in projections.values() for p in m.parameters()]
+        t_taps = _FeatureTaps(teacher, [f.teacher for f in cfg.features])
+        s_taps = _FeatureTaps(student, [f.student for f in cfg.features])
+        task_weights = cfg.losses.task if isinstance(cfg.losses.task, list) else [cfg.losses.task]
+        temperature = cfg.temperature
+
+        def loss_fn(
+            model: torch.nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor
+        ) -> torch.Tensor:
+            import torch.nn.functional as F
+
+            with torch.no_grad():
+                t_out = teacher(*inputs)
+            s_out = model(*inputs)
+            s_heads = list(s_out) if isinstance(s_out, tuple | list) else [s_out]
+            loss = torch.zeros(())
+            for weight, head in zip(task_weights, s_heads, strict=False):
+                if weight:
+                    loss = loss + weight * F.cross_entropy(head, labels)
+            if cfg.losses.kl:
+                kl = F.kl_div(
+                    F.log_softmax(s_heads[0] / temperature, dim=-1),
+                    F.softmax(_first(t_out) / temperature, dim=-1),
+                    reduction="batchmean",
+                )
+                loss = loss + cfg.losses.kl * temperature**2 * kl
+            if cfg.losses.feature:
+                for pair in cfg.features:
+                    projected = projections[pair.student](s_taps.outputs[pair.student])
+                    loss = loss + cfg.losses.feature * F.mse_loss(
+                        projected, t_taps.outputs[pair.teacher]
+                    )
+            return loss
+
+        try:
+            curve = finetune(student, ctx, cfg.finetune, loss_fn, extra, label="distill")
+        finally:
+            t_taps.close()
+            s_taps.close()
+        teacher_acc = accuracy(teacher, evaluation)
+        student_acc = accuracy(student, evaluation)
+        params, _ = parameter_counts(student)
+        ctx.details.update(
+            teacher_accuracy=teacher_acc,
+            student_accuracy=student_acc,
+            retention=student_acc / teacher_acc if teacher_acc else None,
+            teacher_params=parameter_counts(teacher)[0],
+            student_params=params,
+            loss=curve,
+        )
+        if cfg.compare_alone:
+            finetune(start, ctx, cfg.finetune, label="student alone")
+            alone = accuracy(start, evaluation)
+            ctx.details.update(
+                student_alone_accuracy=alone,
+                distillation_gain_pt=(student_acc - alone) * 100,
+            )
+        for p in student.parameters():
+            p.requires_grad_(True)
+        return state.replace(module=student.eval())
+
+    def _projections(
+        self, teacher: torch.nn.Module, student: torch.nn.Module, sample: Any, ctx: StageContext
+    ) -> dict[str, torch.nn.Module]:
+        """One learned projection per feature pair, sized by a probe forward pass."""
+        import numpy as np
+        import torch
+
+        pairs = self.config.features
+        if not pairs:
+            return {}
+        t_taps = _FeatureTaps(teacher, [f.teacher for f in pairs])
+        s_taps = _FeatureTaps(student, [f.student for f in pairs])
+        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in sample.values()]
+        with torch.no_grad():
+            teacher(*args)
+            student(*args)
+        t_taps.close()
+        s_taps.close()
+        with deterministic(ctx.seed):
+            return {
+                f.student: _projection(s_taps.outputs[f.student], t_taps.outputs[f.teacher])
+                for f in pairs
+            }

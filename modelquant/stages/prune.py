@@ -1,0 +1,272 @@
+"""The `prune` stage: magnitude (global or per layer), 2:4 semi-structured, and structured channel
+pruning through torch-pruning, one-shot or gradual, with fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, ClassVar, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from modelquant.errors import StageError, UserError
+from modelquant.layer_rules import rule_matches
+from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
+from modelquant.stages.finetune import FinetuneConfig, accuracy, deterministic, finetune
+from modelquant.state import ModelState
+
+if TYPE_CHECKING:
+    import torch
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["oneshot", "gradual"] = Field(
+        "oneshot",
+        description="oneshot: prune once; gradual: ramp up in steps, fine-tuning between.",
+    )
+    steps: int = Field(3, ge=1, description="Pruning steps of a gradual schedule.")
+    ramp: Literal["cubic", "linear"] = Field(
+        "cubic", description="How sparsity grows over the steps (cubic: fast first, then gently)."
+    )
+
+
+class PruneConfig(StageConfig):
+    method: Literal["magnitude", "semi_structured", "structured"] = Field(
+        "magnitude",
+        description="magnitude: L1 unstructured; semi_structured: 2:4; structured: drop channels.",
+    )
+    scope: Literal["global", "layer"] = Field(
+        "global", description="magnitude: one threshold over all targeted layers, or per layer."
+    )
+    sparsity: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Share of weights (magnitude) or channels (structured) removed.",
+    )
+    targets: list[str] = Field(
+        default_factory=lambda: ["Linear", "Conv2d"], description="Layer types that are pruned."
+    )
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="Layers left alone: exact names, 're:<regex>' or 'type:<Class>'.",
+    )
+    importance: Literal["l1", "l2"] = Field(
+        "l1", description="structured: channel importance by L1 or L2 norm of its weights."
+    )
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    finetune: FinetuneConfig | None = Field(
+        None, description="Fine-tuning after pruning (after each step when gradual)."
+    )
+
+    @model_validator(mode="after")
+    def _semi_structured_is_half(self) -> PruneConfig:
+        if self.method == "semi_structured" and self.sparsity != 0.5:
+            raise ValueError("semi_structured (2:4) keeps 2 of every 4 weights: sparsity is 0.5")
+        return self
+
+
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    return cast("torch.Tensor", module.weight)
+
+
+def ramp(final: float, step: int, steps: int, kind: str) -> float:
+    """Cumulative sparsity after `step` of `steps` (Zhu & Gupta's cubic, or linear)."""
+    frac = step / steps
+    return final * (1 - (1 - frac) ** 3) if kind == "cubic" else final * frac
+
+
+def semi_structured_mask(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest |w| in every group of 4 consecutive weights along the input dimension
+    (flattened in*kh*kw for convolutions); a trailing partial group keeps half, rounded up."""
+    import torch
+
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    cols = flat.shape[1]
+    mask = torch.zeros_like(flat)
+    full = cols - cols % 4
+    if full:
+        groups = flat[:, :full].abs().reshape(flat.shape[0], -1, 4)
+        keep = groups.topk(2, dim=-1).indices
+        mask[:, :full] = (
+            torch.zeros_like(groups).scatter_(-1, keep, 1.0).reshape(flat.shape[0], full)
+        )
+    if cols % 4:
+        tail = flat[:, full:].abs()
+        keep = tail.topk(-(-tail.shape[1] // 2), dim=-1).indices
+        mask[:, full:] = torch.zeros_like(tail).scatter_(-1, keep, 1.0)
+    return mask.reshape(weight.shape)
+
+
+@register_stage("prune")
+class Prune(Stage):
+    """Prune the torch model (magnitude, 2:4 or structured), then optionally fine-tune it."""
+
+    Config = PruneConfig
+    needs = "torch"
+    produces = "torch"
+    data_roles: ClassVar[tuple[str, ...]] = ("train",)
+    config: PruneConfig
+
+    def targeted(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """Layers of a targeted type not caught by an ignore rule; a rule matching nothing errs."""
+        cfg = self.config
+        hits = dict.fromkeys(cfg.ignore, 0)
+        chosen = {}
+        for name, module in model.named_modules():
+            kind = type(module).__name__
+            if not name:
+                continue
+            ignored = False
+            for rule in cfg.ignore:
+                if rule_matches(rule, [name], kind):
+                    hits[rule] += 1
+                    ignored = True
+                    break
+            if not ignored and kind in cfg.targets and hasattr(module, "weight"):
+                chosen[name] = module
+        unused = [rule for rule, n in hits.items() if n == 0]
+        if unused:
+            raise UserError(f"prune ignore rule(s) {unused} match no layer of the model")
+        if not chosen:
+            raise UserError(f"prune: no layer of type {cfg.targets} is left to prune")
+        return chosen
+
+    def run(self, state: ModelState, ctx: StageContext) -> ModelState:
+        from modelquant.state import parameter_counts
+
+        assert state.module is not None
+        cfg = self.config
+        model = copy.deepcopy(state.module).eval()  # the baseline stays as loaded
+        evaluation = ctx.data("evaluation")
+        params_before, nonzero_before = parameter_counts(model)
+        ctx.details.update(
+            method=cfg.method,
+            asked_sparsity=cfg.sparsity,
+            params_before=params_before,
+            nonzero_params_before=nonzero_before,
+            accuracy_before=accuracy(model, evaluation),
+        )
+        with deterministic(ctx.seed):
+            if cfg.method == "structured":
+                model = self._structured(model, ctx)
+            else:
+                self._unstructured(model, ctx)
+        params_after, nonzero_after = parameter_counts(model)
+        ctx.details.update(
+            params_after=params_after,
+            nonzero_params_after=nonzero_after,
+            accuracy_after=accuracy(model, evaluation),
+        )
+        return state.replace(module=model)
+
+    # ------------------------------------------------------------------ unstructured
+    def _unstructured(self, model: torch.nn.Module, ctx: StageContext) -> None:
+        import torch.nn.utils.prune as tprune
+
+        cfg = self.config
+        layers = self.targeted(model)
+        steps = cfg.schedule.steps if cfg.schedule.kind == "gradual" else 1
+        losses = []
+        reached_prev = 0.0
+        for step in range(1, steps + 1):
+            target = ramp(cfg.sparsity, step, steps, cfg.schedule.ramp)
+            if cfg.method == "semi_structured":
+                if step == 1:
+                    for module in layers.values():
+                        tprune.custom_from_mask(
+                            module, "weight", semi_structured_mask(_weight(module))
+                        )
+            else:
+                # torch's pruning containers apply `amount` to the still-unpruned weights.
+                amount = (target - reached_prev) / (1 - reached_prev) if reached_prev < 1 else 0.0
+                if cfg.scope == "global":
+                    tprune.global_unstructured(
+                        [(m, "weight") for m in layers.values()],
+                        pruning_method=tprune.L1Unstructured,
+                        amount=amount,
+                    )
+                else:
+                    for module in layers.values():
+                        tprune.l1_unstructured(module, "weight", amount=amount)
+            reached_prev = target
+            if step == 1:
+                ctx.details["accuracy_pruned_before_finetune"] = accuracy(
+                    model, ctx.data("evaluation")
+                )
+            if cfg.finetune is not None:
+                # The masks are parametrizations: pruned weights stay zero while training.
+                losses.append(
+                    finetune(model, ctx, cfg.finetune, label=f"prune step {step}/{steps}")
+                )
+        for module in layers.values():
+            tprune.remove(module, "weight")  # permanent: plain zeros in the weight tensor
+        per_layer = {
+            name: float((_weight(m) == 0).sum()) / _weight(m).numel() for name, m in layers.items()
+        }
+        zeros = sum(float((_weight(m) == 0).sum()) for m in layers.values())
+        total = sum(_weight(m).numel() for m in layers.values())
+        ctx.details.update(
+            scope=cfg.scope if cfg.method == "magnitude" else "layer",
+            schedule=f"{cfg.schedule.kind}"
+            + (f" {steps} steps {cfg.schedule.ramp}" if steps > 1 else ""),
+            reached_sparsity=zeros / total,
+            per_layer_sparsity=per_layer,
+            finetune=losses,
+        )
+
+    # ------------------------------------------------------------------ structured
+    def _structured(self, model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
+        import torch
+        import torch_pruning as tp
+
+        cfg = self.config
+        layers = self.targeted(model)
+        train = ctx.data("train")
+        example = tuple(torch.from_numpy(a) for a in train.sample_batch(2).values())
+        # The layer that produces the model's output keeps its width (the classes).
+        output_layer = [
+            m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
+        ][-1]
+        ignored = [
+            m
+            for m in model.modules()
+            if m is output_layer
+            or (isinstance(m, torch.nn.Linear | torch.nn.Conv2d) and m not in layers.values())
+        ]
+        shapes_before = {n: tuple(_weight(m).shape) for n, m in layers.items()}
+        steps = cfg.schedule.steps if cfg.schedule.kind == "gradual" else 1
+        try:
+            pruner = tp.pruner.MetaPruner(
+                model,
+                example[0] if len(example) == 1 else example,
+                importance=tp.importance.MagnitudeImportance(p=1 if cfg.importance == "l1" else 2),
+                pruning_ratio=cfg.sparsity,
+                iterative_steps=steps,
+                ignored_layers=ignored,
+            )
+        except Exception as exc:
+            raise StageError("prune", f"torch-pruning could not trace the model: {exc}") from exc
+        losses = []
+        for step in range(1, steps + 1):
+            pruner.step()
+            if step == 1:
+                ctx.details["accuracy_pruned_before_finetune"] = accuracy(
+                    model, ctx.data("evaluation")
+                )
+            if cfg.finetune is not None:
+                losses.append(
+                    finetune(model, ctx, cfg.finetune, label=f"prune step {step}/{steps}")
+                )
+        ctx.details.update(
+            importance=cfg.importance,
+            schedule=cfg.schedule.kind + (f" {steps} steps" if steps > 1 else ""),
+            shapes={
+                n: {"before": list(shapes_before[n]), "after": list(_weight(m).shape)}
+                for n, m in layers.items()
+            },
+            kept_output_layer=next(n for n, m in model.named_modules() if m is output_layer),
+            finetune=losses,
+        )
+        return model
