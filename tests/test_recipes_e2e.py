@@ -1,0 +1,108 @@
+"""The shipped recipes run end to end on the digits example and show what their issues promise.
+
+Latency gates are switched off here: timings belong in benchmarks/, not in tests that CI gates on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from modelquant.backends.npu import NpuBackend
+from modelquant.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def compress(recipe: str, out: Path) -> dict[str, Any]:
+    result = CliRunner().invoke(
+        app,
+        [
+            "compress",
+            str(REPO / "recipes" / recipe),
+            "--out",
+            str(out),
+            "--set",
+            "gates.min_speedup={}",
+            "--set",
+            "evaluate.repeats=20",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    return report
+
+
+def stage(report: dict[str, Any], name: str) -> dict[str, Any]:
+    details: dict[str, Any] = next(s for s in report["stages"] if s["name"] == name)["details"]
+    return details
+
+
+def test_digits_int8(tmp_path: Path) -> None:
+    report = compress("digits-int8.yaml", tmp_path)
+    assert report["baseline"]["accuracy"] >= 0.97  # a really trained model
+    assert report["baseline"]["accuracy"] - report["compressed"]["accuracy"] <= 0.005
+    assert report["deltas"]["size_ratio"] <= 0.3
+    for model in ("baseline", "compressed"):
+        assert report[model]["backends"]["cpu"]["latency_ms"]["1"]["p50"] > 0
+    env = report["environment"]
+    assert env["onnxruntime"] and env["torch"] and env["cpu"]
+    path = tmp_path / "model.int8.onnx"
+    onnx.checker.check_model(str(path))
+    ort.InferenceSession(str(path))
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@pytest.mark.slow
+def test_digits_eighth(tmp_path: Path) -> None:
+    report = compress("digits-eighth.yaml", tmp_path)
+    assert report["compressed"]["size_bytes"] * 8 <= report["baseline"]["size_bytes"]
+    assert report["baseline"]["accuracy"] - report["compressed"]["accuracy"] <= 0.01
+    assert stage(report, "distill")["retention"] >= 0.97
+
+
+@pytest.mark.slow
+def test_digits_prune_int8(tmp_path: Path) -> None:
+    report = compress("digits-prune-int8.yaml", tmp_path)
+    prune = stage(report, "prune")
+    assert abs(prune["reached_sparsity"] - 0.5) <= 0.01
+    assert prune["per_layer_sparsity"]
+    assert prune["accuracy_before"] - prune["accuracy_after"] <= 0.01
+    assert report["deltas"]["gzip_ratio"] < report["deltas"]["size_ratio"]  # zeros compress
+
+
+@pytest.mark.slow
+def test_digits_structured_int8(tmp_path: Path) -> None:
+    report = compress("digits-structured-int8.yaml", tmp_path)
+    prune = stage(report, "prune")
+    assert prune["params_after"] <= 0.6 * prune["params_before"]
+    for shapes in prune["shapes"].values():
+        assert shapes["after"] <= shapes["before"]
+    assert report["baseline"]["accuracy"] - report["compressed"]["accuracy"] <= 0.01
+
+
+@pytest.mark.slow
+def test_digits_distill_int8(tmp_path: Path) -> None:
+    report = compress("digits-distill-int8.yaml", tmp_path)
+    distill = stage(report, "distill")
+    assert distill["retention"] >= 0.97
+    assert "student_alone_accuracy" in distill
+
+
+@pytest.mark.slow
+@pytest.mark.npu
+@pytest.mark.skipif(not NpuBackend().available()[0], reason=NpuBackend().available()[1])
+def test_digits_int8_npu(tmp_path: Path) -> None:
+    report = compress("digits-int8-npu.yaml", tmp_path)
+    npu = report["compressed"]["backends"]["npu"]
+    assert npu["emulated"] and npu["latency_ms"]["1"]["p50"] > 0
+    assert abs(npu["accuracy"] - report["baseline"]["accuracy"]) <= 0.01
+    assert npu["parity"]["top1_agreement"] >= 0.99
+    assert report["baseline"]["backends"]["npu"]["accuracy"] is not None
