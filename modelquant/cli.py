@@ -123,9 +123,9 @@ def export(
                 "export needs a torch model (model.factory); this recipe names an ONNX file"
             )
         pipeline = Pipeline(spec, recipe)
-        cfg = pipeline._export_config()
+        cfg = pipeline.export_config()
         data = load_dataset(spec.data.evaluation, pipeline.base_dirs[0])
-        state = load_model(spec.model, pipeline.base_dirs, tuple(data.input_names))
+        state = load_model(spec.model, pipeline.base_dirs)
         tmp = output.with_name(f".{output.name}.tmp")
         assert state.module is not None
         export_onnx(

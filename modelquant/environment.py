@@ -34,7 +34,8 @@ RELEVANT_FLAGS = (
 )
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -61,9 +62,9 @@ def environment() -> Environment:
     return Environment(
         python=sys.version.split()[0],
         platform=platform.platform(),
-        torch=_version("torch"),
-        onnx=_version("onnx") or "?",
-        onnxruntime=_version("onnxruntime") or _version("onnxruntime-gpu") or "?",
+        torch=package_version("torch"),
+        onnx=package_version("onnx") or "?",
+        onnxruntime=package_version("onnxruntime") or package_version("onnxruntime-gpu") or "?",
         cpu=cpu,
         cpu_flags=flags,
         cores=os.cpu_count() or 1,

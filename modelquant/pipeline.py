@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import inspect
@@ -123,8 +124,7 @@ class Pipeline:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for name in REPORT_FILES:  # a stale report must not outlive a failed rerun
             (self.out_dir / name).unlink(missing_ok=True)
-        evaluation = self.data("evaluation")
-        baseline = load_model(self.recipe.model, self.base_dirs, tuple(evaluation.input_names))
+        baseline = load_model(self.recipe.model, self.base_dirs)
         key = self._model_key()
         baseline_onnx = self._baseline_onnx(baseline, key)
         ctx = StageContext(
@@ -195,14 +195,14 @@ class Pipeline:
                 )
         return _hash(*parts)
 
-    def _export_config(self) -> ExportConfig:
+    def export_config(self) -> ExportConfig:
         for stage in self.stages:
             if isinstance(stage.config, ExportConfig):
                 return stage.config
         return ExportConfig()
 
     def _export_cached(self, module: Any, key: str, label: str) -> Path:
-        cfg = self._export_config()
+        cfg = self.export_config()
         entry = self.cache_dir / f"{label}-{_hash(key, cfg.model_dump(mode='json'))[:16]}"
         path = entry / "model.onnx"
         if not path.is_file():
@@ -272,7 +272,7 @@ class Pipeline:
         work = entry.with_name(entry.name + ".partial")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        stage_ctx = StageContext(**{**ctx.__dict__, "work_dir": work, "details": {}})
+        stage_ctx = dataclasses.replace(ctx, work_dir=work, details={})
         self.log(f"stage {index} {stage.name}: running")
         start = time.perf_counter()
         try:
@@ -377,6 +377,6 @@ def _moved(path: Path, old: Path, new: Path) -> Path:
 
 
 def _library_versions() -> dict[str, str | None]:
-    from modelquant.environment import _version
+    from modelquant.environment import package_version
 
-    return {d: _version(d) for d in ("torch", "onnx", "onnxruntime", "onnxruntime-qnn")}
+    return {d: package_version(d) for d in ("torch", "onnx", "onnxruntime", "onnxruntime-qnn")}

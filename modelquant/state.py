@@ -33,12 +33,9 @@ class ModelState:
 
     module: torch.nn.Module | None = None
     onnx_path: Path | None = None
-    input_names: tuple[str, ...] = ()
     lineage: tuple[StageRecord, ...] = ()
     variants: dict[str, Path] = field(default_factory=dict)
     """Backend-specific flavours of the ONNX model (e.g. a static-shape NPU variant)."""
-    spec: dict[str, Any] = field(default_factory=dict)
-    """The model spec it was loaded from (for cache keys and the report)."""
 
     def replace(self, **changes: Any) -> ModelState:
         return dataclasses.replace(self, **changes)

@@ -35,7 +35,7 @@ def run_stage(
     pipeline = Pipeline(recipe, tmp_path / "recipe.yaml", tmp_path)
     stage_cls = registered_stages()[name]
     stage = stage_cls(stage_cls.Config.model_validate(config))
-    state = ModelState(module=module, input_names=("input",))
+    state = ModelState(module=module)
     (tmp_path / "work").mkdir(parents=True, exist_ok=True)
     ctx = StageContext(
         recipe=recipe,

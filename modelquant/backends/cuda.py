@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from modelquant.backends import Backend
+from modelquant.environment import package_version
 
 CUDA_EP = "CUDAExecutionProvider"
 TENSORRT_EP = "TensorrtExecutionProvider"
@@ -51,7 +51,7 @@ class CudaBackend(Backend):
     def versions(self) -> dict[str, str]:
         import onnxruntime as ort
 
-        found = {"onnxruntime-gpu": _dist_version("onnxruntime-gpu") or ort.__version__}
+        found = {"onnxruntime-gpu": package_version("onnxruntime-gpu") or ort.__version__}
         ok, device = _cuda_device()
         if ok:
             found["device"] = device
@@ -108,14 +108,7 @@ def cpu_nodes(session: Any) -> list[tuple[str, str]]:
 
 
 def _installed(dist: str) -> bool:
-    return _dist_version(dist) is not None
-
-
-def _dist_version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
+    return package_version(dist) is not None
 
 
 def _cuda_device() -> tuple[bool, str]:

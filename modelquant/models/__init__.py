@@ -37,17 +37,16 @@ def check_model_spec(spec: ModelSpec, base_dirs: list[Path]) -> None:
         resolve_path(spec.checkpoint, base_dirs, "checkpoint")
 
 
-def load_model(spec: ModelSpec, base_dirs: list[Path], input_names: tuple[str, ...]) -> ModelState:
+def load_model(spec: ModelSpec, base_dirs: list[Path]) -> ModelState:
     """Build the model a recipe names; problems with files or weights are `UserError`s."""
     from modelquant.models import factory, onnx_file
 
-    record = spec.model_dump(mode="json")
     if spec.onnx is not None:
         path = resolve_path(spec.onnx, base_dirs, "ONNX model")
         onnx_file.check(path)
-        return ModelState(onnx_path=path, input_names=onnx_file.input_names(path), spec=record)
+        return ModelState(onnx_path=path)
     assert spec.factory is not None
     module = factory.build(spec.factory, spec.kwargs, base_dirs)
     if spec.checkpoint is not None:
         factory.load_checkpoint(module, resolve_path(spec.checkpoint, base_dirs, "checkpoint"))
-    return ModelState(module=module.eval(), input_names=input_names, spec=record)
+    return ModelState(module=module.eval())

@@ -4,7 +4,7 @@ pruning through torch-pruning, one-shot or gradual, with fine-tuning."""
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -161,6 +161,16 @@ class Prune(Stage):
         )
         return state.replace(module=model)
 
+    def _after_step(
+        self, model: torch.nn.Module, ctx: StageContext, step: int, steps: int, losses: list[Any]
+    ) -> None:
+        """After a pruning step: the accuracy it left (first step), then fine-tuning if asked."""
+        if step == 1:
+            ctx.details["accuracy_pruned_before_finetune"] = accuracy(model, ctx.data("evaluation"))
+        if self.config.finetune is not None:
+            label = f"prune step {step}/{steps}"
+            losses.append(finetune(model, ctx, self.config.finetune, label=label))
+
     # ------------------------------------------------------------------ unstructured
     def _unstructured(self, model: torch.nn.Module, ctx: StageContext) -> None:
         import torch.nn.utils.prune as tprune
@@ -168,7 +178,7 @@ class Prune(Stage):
         cfg = self.config
         layers = self.targeted(model)
         steps = cfg.schedule.steps if cfg.schedule.kind == "gradual" else 1
-        losses = []
+        losses: list[Any] = []
         reached_prev = 0.0
         for step in range(1, steps + 1):
             target = ramp(cfg.sparsity, step, steps, cfg.schedule.ramp)
@@ -191,15 +201,8 @@ class Prune(Stage):
                     for module in layers.values():
                         tprune.l1_unstructured(module, "weight", amount=amount)
             reached_prev = target
-            if step == 1:
-                ctx.details["accuracy_pruned_before_finetune"] = accuracy(
-                    model, ctx.data("evaluation")
-                )
-            if cfg.finetune is not None:
-                # The masks are parametrizations: pruned weights stay zero while training.
-                losses.append(
-                    finetune(model, ctx, cfg.finetune, label=f"prune step {step}/{steps}")
-                )
+            # The masks are parametrizations: pruned weights stay zero while fine-tuning.
+            self._after_step(model, ctx, step, steps, losses)
         for module in layers.values():
             tprune.remove(module, "weight")  # permanent: plain zeros in the weight tensor
         per_layer = {
@@ -248,17 +251,10 @@ class Prune(Stage):
             )
         except Exception as exc:
             raise StageError("prune", f"torch-pruning could not trace the model: {exc}") from exc
-        losses = []
+        losses: list[Any] = []
         for step in range(1, steps + 1):
             pruner.step()
-            if step == 1:
-                ctx.details["accuracy_pruned_before_finetune"] = accuracy(
-                    model, ctx.data("evaluation")
-                )
-            if cfg.finetune is not None:
-                losses.append(
-                    finetune(model, ctx, cfg.finetune, label=f"prune step {step}/{steps}")
-                )
+            self._after_step(model, ctx, step, steps, losses)
         ctx.details.update(
             importance=cfg.importance,
             schedule=cfg.schedule.kind + (f" {steps} steps" if steps > 1 else ""),

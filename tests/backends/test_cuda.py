@@ -20,7 +20,7 @@ def test_reports_whether_it_can_run_and_why_not() -> None:
 
 
 def test_two_onnxruntime_wheels_are_a_named_clash(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cuda, "_dist_version", lambda dist: "1.32.0")
+    monkeypatch.setattr(cuda, "package_version", lambda dist: "1.32.0")
     ok, reason = CudaBackend().available()
     assert not ok
     assert reason == (
