@@ -20,19 +20,14 @@ from modelquant.cli import app
 REPO = Path(__file__).resolve().parent.parent
 
 
-def compress(recipe: str, out: Path) -> dict[str, Any]:
+def compress(recipe: str, out: Path, *overrides: str) -> dict[str, Any]:
+    sets = [
+        arg
+        for o in ("gates.min_speedup={}", "evaluate.repeats=20", *overrides)
+        for arg in ("--set", o)
+    ]
     result = CliRunner().invoke(
-        app,
-        [
-            "compress",
-            str(REPO / "recipes" / recipe),
-            "--out",
-            str(out),
-            "--set",
-            "gates.min_speedup={}",
-            "--set",
-            "evaluate.repeats=20",
-        ],
+        app, ["compress", str(REPO / "recipes" / recipe), "--out", str(out), *sets]
     )
     assert result.exit_code == 0, result.output
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
@@ -65,7 +60,7 @@ def test_digits_eighth(tmp_path: Path) -> None:
     report = compress("digits-eighth.yaml", tmp_path)
     assert report["compressed"]["size_bytes"] * 8 <= report["baseline"]["size_bytes"]
     assert report["baseline"]["accuracy"] - report["compressed"]["accuracy"] <= 0.01
-    assert stage(report, "distill")["retention"] >= 0.97
+    assert stage(report, "prune")["params_after"] <= 0.3 * stage(report, "prune")["params_before"]
 
 
 @pytest.mark.slow
@@ -90,10 +85,11 @@ def test_digits_structured_int8(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_digits_distill_int8(tmp_path: Path) -> None:
-    report = compress("digits-distill-int8.yaml", tmp_path)
+    # The student-alone rerun doubles the training time; the recipe keeps it, the test skips it.
+    report = compress("digits-distill-int8.yaml", tmp_path, "stages.0.distill.compare_alone=false")
     distill = stage(report, "distill")
     assert distill["retention"] >= 0.97
-    assert "student_alone_accuracy" in distill
+    assert distill["student_params"] * 3 < distill["teacher_params"]
 
 
 @pytest.mark.slow
