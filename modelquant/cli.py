@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from modelquant import __version__
 from modelquant.errors import EXIT_OK, GateFailed, ModelquantError, UserError
@@ -38,7 +39,7 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of inte
 
 
 def _fail(exc: ModelquantError) -> typer.Exit:
-    err.print(f"[red]{exc.label}:[/] {exc}", highlight=False, soft_wrap=True)
+    err.print(f"[red]{exc.label}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -94,7 +95,7 @@ def compress(
             render_console(report, out)
         failed = [g for g in report.gates if not g.passed]
         if failed:
-            names = "; ".join(f"{g.name} ({g.detail or g.value})" for g in failed)
+            names = escape("; ".join(f"{g.name} ({g.detail or g.value})" for g in failed))
             raise GateFailed(f"{len(failed)} gate(s) failed: {names}. Report: {pipeline.out_dir}")
         err.print(f"[green]done[/]: all gates passed. Report: {pipeline.out_dir / 'report.json'}")
 
@@ -223,7 +224,7 @@ def backends(
             if row["available"]
             else row["reason"]
         )
-        table.add_row(row["name"], avail, row["execution_provider"], detail)
+        table.add_row(row["name"], avail, row["execution_provider"], escape(detail))
     out.print(table)
 
 
@@ -345,7 +346,7 @@ def recipes_validate(
             out.print(f"[green]ok[/]  {path}", highlight=False)
         except UserError as exc:
             bad += 1
-            err.print(f"[red]bad input:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]bad input:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(UserError.exit_code)
 

@@ -281,3 +281,15 @@ def test_benchmark_bad_input_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["benchmark", str(tmp_path / "missing.onnx")])
     assert result.exit_code == 2
     assert "model file not found" in one_line_error(result.output)
+
+
+def test_error_text_in_brackets_survives_the_console(tmp_path: Path) -> None:
+    """Messages such as 'install modelquant[npu]' must not lose their brackets to rich markup."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\nmodel: {factory: 'a:b'}\ndata: {evaluation: {source: digits}}\n"
+        "evaluate: {backends: ['gpu[0]']}\n"
+    )
+    result = runner.invoke(app, ["recipes", "validate", str(bad)])
+    assert result.exit_code == 2
+    assert "gpu[0]" in result.output

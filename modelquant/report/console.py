@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelquant.report.model import Report
@@ -14,7 +15,7 @@ def render_console(report: Report, console: Console) -> None:
     for col in ("", "baseline", "compressed", "delta"):
         table.add_column(col, justify="left" if not col else "right")
     for row in comparison_rows(report):
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)
     if report.stages:
         stages = Table(title="stages", title_justify="left")
@@ -23,7 +24,7 @@ def render_console(report: Report, console: Console) -> None:
         for i, s in enumerate(report.stages, 1):
             notes = stage_notes(s.settings, s.details)
             stages.add_row(
-                str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""), notes
+                str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""), escape(notes)
             )
         console.print(stages)
     if report.gates:
@@ -36,6 +37,6 @@ def render_console(report: Report, console: Console) -> None:
                 f"{g.threshold:g}",
                 "-" if g.value is None else f"{g.value:.4g}",
                 "[green]pass[/]" if g.passed else "[red]FAIL[/]",
-                g.detail,
+                escape(g.detail),
             )
         console.print(gates)
