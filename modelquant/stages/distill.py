@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -74,6 +74,10 @@ class DistillConfig(StageConfig):
         return self
 
 
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    return cast("torch.Tensor", module.weight)
+
+
 def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple | list) else out
 
@@ -120,6 +124,29 @@ def _projection(student: torch.Tensor, teacher: torch.Tensor) -> torch.nn.Module
     )
 
 
+def hold_zeros(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Mask the exact zeros of every Linear/Conv2d weight (a pruned model's) so that training
+    cannot regrow them; `release_zeros` makes the masks permanent again."""
+    import torch
+    import torch.nn.utils.prune as tprune
+
+    held: list[torch.nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+            weight = _weight(module).detach()
+            if bool((weight == 0).any()):
+                tprune.custom_from_mask(module, "weight", (weight != 0).to(weight.dtype))
+                held.append(module)
+    return held
+
+
+def release_zeros(held: list[torch.nn.Module]) -> None:
+    import torch.nn.utils.prune as tprune
+
+    for module in held:
+        tprune.remove(module, "weight")
+
+
 @register_stage("distill")
 class Distill(Stage):
     """Knowledge distillation from a teacher into a (smaller) student, with optional features."""
@@ -163,12 +190,37 @@ class Distill(Stage):
         start = copy.deepcopy(student)  # the same starting point for the student-alone run
         evaluation = ctx.data("evaluation")
         train = ctx.data("train")
-        projections = self._projections(teacher, student, train.sample_batch(2), ctx)
+        sample = train.sample_batch(2)
+        task_weights = self._task_weights(student, sample)
+        projections = self._projections(teacher, student, sample, ctx)
         extra = [p for m in projections.values() for p in m.parameters()]
+        # A pruned incoming model keeps its zeros while it learns (and so does its alone twin).
+        held = hold_zeros(student) if cfg.student == "current" else []
         t_taps = _FeatureTaps(teacher, [f.teacher for f in cfg.features])
         s_taps = _FeatureTaps(student, [f.student for f in cfg.features])
-        task_weights = cfg.losses.task if isinstance(cfg.losses.task, list) else [cfg.losses.task]
         temperature = cfg.temperature
+
+        # The student alone learns from the labels only: the task weights, or the first output's
+        # cross-entropy when the distillation gives the labels no weight.
+        alone_weights = task_weights if any(task_weights) else [1.0] + task_weights[1:]
+
+        def task_loss(
+            s_heads: list[torch.Tensor], labels: torch.Tensor, weights: list[float]
+        ) -> torch.Tensor:
+            import torch.nn.functional as F
+
+            loss = torch.zeros(())
+            for weight, head in zip(weights, s_heads, strict=True):
+                if weight:
+                    loss = loss + weight * F.cross_entropy(head, labels)
+            return loss
+
+        def alone_loss(
+            model: torch.nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor
+        ) -> torch.Tensor:
+            out = model(*inputs)
+            heads = list(out) if isinstance(out, tuple | list) else [out]
+            return task_loss(heads, labels, alone_weights)
 
         def loss_fn(
             model: torch.nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor
@@ -179,10 +231,7 @@ class Distill(Stage):
                 t_out = teacher(*inputs)
             s_out = model(*inputs)
             s_heads = list(s_out) if isinstance(s_out, tuple | list) else [s_out]
-            loss = torch.zeros(())
-            for weight, head in zip(task_weights, s_heads, strict=False):
-                if weight:
-                    loss = loss + weight * F.cross_entropy(head, labels)
+            loss = task_loss(s_heads, labels, task_weights)
             if cfg.losses.kl:
                 kl = F.kl_div(
                     F.log_softmax(s_heads[0] / temperature, dim=-1),
@@ -203,6 +252,7 @@ class Distill(Stage):
         finally:
             t_taps.close()
             s_taps.close()
+            release_zeros(held)
         teacher_acc = accuracy(teacher, evaluation)
         student_acc = accuracy(student, evaluation)
         params, _ = parameter_counts(student)
@@ -214,8 +264,14 @@ class Distill(Stage):
             student_params=params,
             loss=curve,
         )
+        if held:
+            ctx.details["held_zeros"] = sum(int((_weight(m) == 0).sum()) for m in held)
         if cfg.compare_alone:
-            finetune(start, ctx, cfg.finetune, label="student alone")
+            held_alone = hold_zeros(start) if cfg.student == "current" else []
+            try:
+                finetune(start, ctx, cfg.finetune, alone_loss, label="student alone")
+            finally:
+                release_zeros(held_alone)
             alone = accuracy(start, evaluation)
             ctx.details.update(
                 student_alone_accuracy=alone,
@@ -224,6 +280,25 @@ class Distill(Stage):
         for p in student.parameters():
             p.requires_grad_(True)
         return state.replace(module=student.eval())
+
+    def _task_weights(self, student: torch.nn.Module, sample: Any) -> list[float]:
+        """One task weight per student output: a list must name every output; one number weighs
+        the first output (the others are then left out of the task term)."""
+        import numpy as np
+        import torch
+
+        with torch.no_grad():
+            out = student(*(torch.from_numpy(np.ascontiguousarray(a)) for a in sample.values()))
+        heads = len(out) if isinstance(out, tuple | list) else 1
+        task = self.config.losses.task
+        if isinstance(task, list):
+            if len(task) != heads:
+                raise UserError(
+                    f"distill losses.task lists {len(task)} weight(s), and the student has "
+                    f"{heads} output(s): give one weight per output"
+                )
+            return list(task)
+        return [task] + [0.0] * (heads - 1)
 
     def _projections(
         self, teacher: torch.nn.Module, student: torch.nn.Module, sample: Any, ctx: StageContext

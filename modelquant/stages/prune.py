@@ -99,6 +99,47 @@ def semi_structured_mask(weight: torch.Tensor) -> torch.Tensor:
     return mask.reshape(weight.shape)
 
 
+def output_layers(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> list[Any]:
+    """The Linear/Conv2d layers whose outputs reach the model's outputs with no other such layer
+    between: their widths are the model's output sizes (classes, heads), so they keep them.
+
+    Found by walking the autograd graph back from every output, which holds for heads registered
+    in any order, several heads, and ops after the last layer (view, softmax)."""
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Conv2d)
+    made_by: dict[Any, torch.nn.Module] = {}
+
+    def record(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            made_by[output.grad_fn] = module
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with torch.enable_grad():
+            out = model(*example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    found: list[torch.nn.Module] = []
+    heads = list(out) if isinstance(out, tuple | list) else [out]
+    stack = [h.grad_fn for h in heads if isinstance(h, torch.Tensor) and h.grad_fn is not None]
+    seen: set[Any] = set()
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made_by:
+            if made_by[fn] not in found:
+                found.append(made_by[fn])
+            continue
+        stack.extend(next_fn for next_fn, _ in fn.next_functions if next_fn is not None)
+    if not found:
+        raise StageError("prune", "found no Linear/Conv2d layer that produces the model output")
+    return found
+
+
 @register_stage("prune")
 class Prune(Stage):
     """Prune the torch model (magnitude, 2:4 or structured), then optionally fine-tune it."""
@@ -119,8 +160,10 @@ class Prune(Stage):
             if not name:
                 continue
             ignored = False
+            # A rule naming a container (e.g. "classifier") covers every layer inside it.
+            scopes = [name, *(name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1))]
             for rule in cfg.ignore:
-                if rule_matches(rule, [name], kind):
+                if rule_matches(rule, scopes, kind):
                     hits[rule] += 1
                     ignored = True
                     break
@@ -228,14 +271,12 @@ class Prune(Stage):
         layers = self.targeted(model)
         train = ctx.data("train")
         example = tuple(torch.from_numpy(a) for a in train.sample_batch(2).values())
-        # The layer that produces the model's output keeps its width (the classes).
-        output_layer = [
-            m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
-        ][-1]
+        # The layers that produce the model's outputs keep their width (the classes).
+        outputs = output_layers(model, example)
         ignored = [
             m
             for m in model.modules()
-            if m is output_layer
+            if m in outputs
             or (isinstance(m, torch.nn.Linear | torch.nn.Conv2d) and m not in layers.values())
         ]
         shapes_before = {n: tuple(_weight(m).shape) for n, m in layers.items()}
@@ -255,14 +296,23 @@ class Prune(Stage):
         for step in range(1, steps + 1):
             pruner.step()
             self._after_step(model, ctx, step, steps, losses)
+        # Sparsity here is the share of output channels removed, per layer and over all the
+        # layers that lost channels; the weights shrink by more (inputs shrink too).
+        channels = {n: (shapes_before[n][0], _weight(m).shape[0]) for n, m in layers.items()}
+        cut = {n: c for n, c in channels.items() if layers[n] not in outputs}
+        before_total = sum(b for b, _ in cut.values())
         ctx.details.update(
             importance=cfg.importance,
             schedule=cfg.schedule.kind + (f" {steps} steps" if steps > 1 else ""),
+            reached_sparsity=1 - sum(a for _, a in cut.values()) / before_total
+            if before_total
+            else 0.0,
+            per_layer_sparsity={n: 1 - a / b for n, (b, a) in channels.items()},
             shapes={
                 n: {"before": list(shapes_before[n]), "after": list(_weight(m).shape)}
                 for n, m in layers.items()
             },
-            kept_output_layer=next(n for n, m in model.named_modules() if m is output_layer),
+            kept_output_layers=[n for n, m in model.named_modules() if m in outputs],
             finetune=losses,
         )
         return model
