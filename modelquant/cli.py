@@ -113,10 +113,8 @@ def export(
     """Export the recipe's torch model (factory + checkpoint) to ONNX, with its export settings."""
 
     def work() -> None:
-        from modelquant.data import load_dataset
         from modelquant.models import load_model, onnx_file
         from modelquant.pipeline import Pipeline
-        from modelquant.state import export_onnx
 
         spec = _load(recipe, overrides)
         if spec.model.factory is None:
@@ -125,18 +123,10 @@ def export(
             )
         pipeline = Pipeline(spec, recipe)
         cfg = pipeline.export_config()
-        data = load_dataset(spec.data.evaluation, pipeline.base_dirs[0])
         state = load_model(spec.model, pipeline.base_dirs)
         tmp = output.with_name(f".{output.name}.tmp")
         assert state.module is not None
-        export_onnx(
-            state.module,
-            data.sample_batch(cfg.batch_size if not cfg.dynamic_batch else 2),
-            tmp,
-            opset=cfg.opset,
-            dynamic_batch=cfg.dynamic_batch,
-            output_names=cfg.output_names,
-        )
+        pipeline.export(state.module, tmp)
         onnx_file.check(tmp)
         tmp.replace(output)
         err.print(

@@ -215,6 +215,7 @@ def _time(
     speedups: dict[str, Speedup] = {}
     for bs in cfg.batch_sizes:
         runs = {}
+        sample = data.sample_batch(bs)
         for role, path in paths.items():
             opened = open_session(backend, path, cfg.threads, bs)
             if opened.batch is not None and opened.batch != bs:
@@ -222,7 +223,6 @@ def _time(
                     f"batch {bs} not timed: {path.name} is fixed to batch {opened.batch}"
                 )
                 continue
-            sample = data.sample_batch(bs)
             feed: dict[str, Any] = {i.name: sample[i.name] for i in opened.session.get_inputs()}
             runs[role] = lambda s=opened.session, f=feed: s.run(None, f)
         if len(runs) < len(paths):

@@ -201,6 +201,19 @@ class Pipeline:
                 return stage.config
         return ExportConfig()
 
+    def export(self, module: Any, path: Path) -> Path:
+        """Export a torch module with the recipe's export settings, traced on evaluation data."""
+        cfg = self.export_config()
+        sample = self.data("evaluation").sample_batch(2 if cfg.dynamic_batch else cfg.batch_size)
+        return export_onnx(
+            module,
+            sample,
+            path,
+            opset=cfg.opset,
+            dynamic_batch=cfg.dynamic_batch,
+            output_names=cfg.output_names,
+        )
+
     def _export_cached(self, module: Any, key: str, label: str) -> Path:
         cfg = self.export_config()
         entry = self.cache_dir / f"{label}-{_hash(key, cfg.model_dump(mode='json'))[:16]}"
@@ -209,15 +222,7 @@ class Pipeline:
             work = entry.with_name(entry.name + ".partial")
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            sample = self.data("evaluation").sample_batch(1 if not cfg.dynamic_batch else 2)
-            export_onnx(
-                module,
-                sample,
-                work / "model.onnx",
-                opset=cfg.opset,
-                dynamic_batch=cfg.dynamic_batch,
-                output_names=cfg.output_names,
-            )
+            self.export(module, work / "model.onnx")
             os.replace(work, entry)
         return path
 

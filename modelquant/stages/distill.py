@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -12,6 +12,7 @@ from modelquant.errors import UserError
 from modelquant.models.spec import ModelSpec
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.stages.finetune import FinetuneConfig, accuracy, deterministic, finetune
+from modelquant.stages.prune import layer_weight
 from modelquant.state import ModelState, parameter_counts
 
 if TYPE_CHECKING:
@@ -74,10 +75,6 @@ class DistillConfig(StageConfig):
         return self
 
 
-def _weight(module: torch.nn.Module) -> torch.Tensor:
-    return cast("torch.Tensor", module.weight)
-
-
 def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple | list) else out
 
@@ -133,7 +130,7 @@ def hold_zeros(model: torch.nn.Module) -> list[torch.nn.Module]:
     held: list[torch.nn.Module] = []
     for module in model.modules():
         if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
-            weight = _weight(module).detach()
+            weight = layer_weight(module).detach()
             if bool((weight == 0).any()):
                 tprune.custom_from_mask(module, "weight", (weight != 0).to(weight.dtype))
                 held.append(module)
@@ -265,7 +262,7 @@ class Distill(Stage):
             loss=curve,
         )
         if held:
-            ctx.details["held_zeros"] = sum(int((_weight(m) == 0).sum()) for m in held)
+            ctx.details["held_zeros"] = sum(int((layer_weight(m) == 0).sum()) for m in held)
         if cfg.compare_alone:
             held_alone = hold_zeros(start) if cfg.student == "current" else []
             try:

@@ -67,7 +67,8 @@ class PruneConfig(StageConfig):
         return self
 
 
-def _weight(module: torch.nn.Module) -> torch.Tensor:
+def layer_weight(module: torch.nn.Module) -> torch.Tensor:
+    """A Linear/Conv layer's weight, typed as a tensor."""
     return cast("torch.Tensor", module.weight)
 
 
@@ -229,7 +230,7 @@ class Prune(Stage):
                 if step == 1:
                     for module in layers.values():
                         tprune.custom_from_mask(
-                            module, "weight", semi_structured_mask(_weight(module))
+                            module, "weight", semi_structured_mask(layer_weight(module))
                         )
             else:
                 # torch's pruning containers apply `amount` to the still-unpruned weights.
@@ -249,10 +250,11 @@ class Prune(Stage):
         for module in layers.values():
             tprune.remove(module, "weight")  # permanent: plain zeros in the weight tensor
         per_layer = {
-            name: float((_weight(m) == 0).sum()) / _weight(m).numel() for name, m in layers.items()
+            name: float((layer_weight(m) == 0).sum()) / layer_weight(m).numel()
+            for name, m in layers.items()
         }
-        zeros = sum(float((_weight(m) == 0).sum()) for m in layers.values())
-        total = sum(_weight(m).numel() for m in layers.values())
+        zeros = sum(float((layer_weight(m) == 0).sum()) for m in layers.values())
+        total = sum(layer_weight(m).numel() for m in layers.values())
         ctx.details.update(
             scope=cfg.scope if cfg.method == "magnitude" else "layer",
             schedule=f"{cfg.schedule.kind}"
@@ -279,7 +281,7 @@ class Prune(Stage):
             if m in outputs
             or (isinstance(m, torch.nn.Linear | torch.nn.Conv2d) and m not in layers.values())
         ]
-        shapes_before = {n: tuple(_weight(m).shape) for n, m in layers.items()}
+        shapes_before = {n: tuple(layer_weight(m).shape) for n, m in layers.items()}
         steps = cfg.schedule.steps if cfg.schedule.kind == "gradual" else 1
         try:
             pruner = tp.pruner.MetaPruner(
@@ -298,7 +300,7 @@ class Prune(Stage):
             self._after_step(model, ctx, step, steps, losses)
         # Sparsity here is the share of output channels removed, per layer and over all the
         # layers that lost channels; the weights shrink by more (inputs shrink too).
-        channels = {n: (shapes_before[n][0], _weight(m).shape[0]) for n, m in layers.items()}
+        channels = {n: (shapes_before[n][0], layer_weight(m).shape[0]) for n, m in layers.items()}
         cut = {n: c for n, c in channels.items() if layers[n] not in outputs}
         before_total = sum(b for b, _ in cut.values())
         ctx.details.update(
@@ -309,7 +311,7 @@ class Prune(Stage):
             else 0.0,
             per_layer_sparsity={n: 1 - a / b for n, (b, a) in channels.items()},
             shapes={
-                n: {"before": list(shapes_before[n]), "after": list(_weight(m).shape)}
+                n: {"before": list(shapes_before[n]), "after": list(layer_weight(m).shape)}
                 for n, m in layers.items()
             },
             kept_output_layers=[n for n, m in model.named_modules() if m in outputs],
