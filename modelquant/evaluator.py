@@ -122,6 +122,13 @@ def evaluate_models(
     agreement: float | None = None
     speedups: dict[str, dict[str, Speedup]] = {}
     cpu = get_backend("cpu")
+    cpu_outputs: dict[Path, np.ndarray] = {}  # every file's CPU outputs on all of `data`, once
+
+    def on_cpu(path: Path) -> np.ndarray:
+        if path not in cpu_outputs:
+            cpu_outputs[path] = predict(open_session(cpu, path, cfg.threads, EVAL_BATCH), data)
+        return cpu_outputs[path]
+
     for backend_name in dict.fromkeys(["cpu", *cfg.backends]):  # cpu always: the reference
         backend = get_backend(backend_name)
         ok, reason = backend.available()
@@ -153,6 +160,8 @@ def evaluate_models(
             role: open_session(backend, p, cfg.threads, EVAL_BATCH) for role, p in paths.items()
         }
         outputs = {role: predict(o, samples) for role, o in opened.items()}
+        if backend_name == "cpu":
+            cpu_outputs.update({paths[role]: out for role, out in outputs.items()})
         for role, out in outputs.items():
             res = BackendResult(
                 accuracy=metrics.top1(out, labels[: len(out)]),
@@ -166,15 +175,14 @@ def evaluate_models(
                 # Same file, same samples, on the reference CPU EP: where the numerics part.
                 from modelquant.backends.parity import output_scale, parity
 
-                on_cpu = predict(open_session(cpu, paths[role], cfg.threads, EVAL_BATCH), samples)
-                res.parity = parity(on_cpu, out, output_scale(paths[role]))
+                cpu_ref = on_cpu(paths[role])[: len(out)]
+                res.parity = parity(cpu_ref, out, output_scale(paths[role]))
             results[role][backend_name] = res
         if backend_name == "cpu":
             reference = {role: results[role]["cpu"].accuracy or 0.0 for role in ROLES}
             agreement = metrics.agreement(outputs["compressed"], outputs["baseline"])
         if backend_name in variants:
-            on_cpu = predict(open_session(cpu, paths["compressed"], cfg.threads, EVAL_BATCH), data)
-            variant_accuracy[backend_name] = metrics.top1(on_cpu, labels)
+            variant_accuracy[backend_name] = metrics.top1(on_cpu(paths["compressed"]), labels)
             variant_results[backend_name][backend_name] = results["compressed"][backend_name]
         if backend_name in cfg.backends:
             speedups[backend_name] = _time(backend, paths, data, cfg, results, log, timer)
