@@ -12,7 +12,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from modelquant import __version__
-from modelquant.errors import EXIT_OK, GateFailed, ModelquantError, UserError
+from modelquant.errors import (
+    EXIT_OK,
+    EXIT_STAGE_FAILED,
+    GateFailed,
+    ModelquantError,
+    UserError,
+    current_step,
+    reset_step,
+    step,
+)
 
 app = typer.Typer(
     help="Compress a trained model with one recipe (prune, distill, quantize, export) and measure "
@@ -44,12 +53,37 @@ def _fail(exc: ModelquantError) -> typer.Exit:
 
 
 def _run_guarded(fn, debug: bool) -> None:  # type: ignore[no-untyped-def]
+    """Run a command's work; turn every way it can end into the exit-code contract.
+
+    Only `GateFailed` exits 1. Bad input exits 2. Anything else, expected (`StageError`) or not
+    (a bug, a library raising something new, Ctrl-C), exits 3 with one line naming the step it
+    happened in; `--debug` shows the traceback instead.
+    """
+    reset_step()
     try:
         fn()
+    except typer.Exit:
+        raise
     except ModelquantError as exc:
         if debug:
             raise
         raise _fail(exc) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        err.print(f"[red]interrupted[/] during {escape(current_step())}", highlight=False)
+        raise typer.Exit(EXIT_STAGE_FAILED) from None
+    except Exception as exc:
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        err.print(
+            f"[red]internal error[/] during {escape(current_step())}: "
+            f"{type(exc).__name__}: {escape(first)} (rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_STAGE_FAILED) from None
 
 
 def _load(recipe: Path, overrides: list[str] | None):  # type: ignore[no-untyped-def]
@@ -76,17 +110,22 @@ def compress(
 
     def work() -> None:
         from modelquant.pipeline import Pipeline
+        from modelquant.pipeline.artifacts import clear_reports, peek_out_dir
 
-        spec = _load(recipe, overrides)
+        if not dry_run:  # first thing: no earlier success may outlive this run, however it ends
+            clear_reports(peek_out_dir(recipe, out_dir))
+        with step("reading the recipe"):
+            spec = _load(recipe, overrides)
         log = (lambda m: None) if as_json else (lambda m: err.print(f"[dim]· {m}[/]"))
         pipeline = Pipeline(spec, recipe, out_dir, log=log)
         if dry_run:
-            for line in pipeline.plan():
+            for line in pipeline.check():
                 out.print(line, highlight=False)
             err.print("[green]plan is valid[/] (dry run: nothing was run)")
             return
         report = pipeline.run()
-        pipeline.write_report(report)
+        with step("writing the report"):
+            pipeline.write_report(report)
         if as_json:
             sys.stdout.write(report.model_dump_json(indent=2) + "\n")
         else:
@@ -123,7 +162,7 @@ def export(
             )
         pipeline = Pipeline(spec, recipe)
         cfg = pipeline.export_config()
-        state = load_model(spec.model, pipeline.base_dirs)
+        state = load_model(spec.model, list(pipeline.base_dirs))
         tmp = output.with_name(f".{output.name}.tmp")
         assert state.module is not None
         pipeline.export(state.module, tmp)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -38,3 +42,28 @@ class GateFailed(ModelquantError):
 
     exit_code = EXIT_GATE_FAILED
     label = "gate failed"
+
+
+_STEP: contextvars.ContextVar[str] = contextvars.ContextVar("modelquant_step", default="startup")
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    """Name what the run is doing, so an unexpected error can say where it happened."""
+    token = _STEP.set(name)
+    try:
+        yield
+    except BaseException:
+        raise  # keep the innermost name: where the error was raised
+    else:
+        _STEP.reset(token)
+
+
+def current_step() -> str:
+    """The innermost step entered and not left normally (where an error happened)."""
+    return _STEP.get()
+
+
+def reset_step(name: str = "startup") -> None:
+    """Start naming steps afresh (each CLI command does, before it runs)."""
+    _STEP.set(name)

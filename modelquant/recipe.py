@@ -65,6 +65,11 @@ class DataSection(_Strict):
     calibration: DataSpec | None = Field(
         None, description="Calibration data for static quantization (default: train, 256 samples)."
     )
+    validation: DataSpec | None = Field(
+        None,
+        description="Validation data: settings are chosen on it (fine-tuning progress, stage "
+        "accuracies); never the gated test data",
+    )
     evaluation: DataSpec = Field(description="Evaluation data for accuracy (and latency inputs).")
 
 
@@ -134,17 +139,25 @@ class GatesConfig(_Strict):
     )
 
 
-ReportFormat = Literal["json", "md"]
-
-
 class OutputConfig(_Strict):
     """Where and in which formats the results go."""
 
     dir: Path | None = Field(None, description="Output folder (default: runs/<recipe name>).")
-    formats: list[ReportFormat] = Field(
-        default_factory=lambda: list[ReportFormat](["json", "md"]),
-        description="Report formats; report.json is always written.",
+    formats: list[str] = Field(
+        default_factory=lambda: ["json", "md"],
+        description="Report formats (json, md); report.json is always written.",
     )
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from modelquant.report import file_renderers
+
+        known = file_renderers()
+        for fmt in v:
+            if fmt not in known:
+                raise ValueError(_unknown("report format", fmt, known))
+        return v
 
 
 def _stage_item_type() -> Any:

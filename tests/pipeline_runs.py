@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def run_stage(
     seed: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
     """Run one registered stage on a torch module with the tiny recipe's data; (module, details)."""
-    from modelquant.stages import StageContext, registered_stages
+    from modelquant.stages import registered_stages
     from modelquant.state import ModelState
 
     recipe = Recipe.model_validate(tiny_recipe_dict(checkpoint, seed=seed))
@@ -37,14 +38,6 @@ def run_stage(
     stage = stage_cls(stage_cls.Config.model_validate(config))
     state = ModelState(module=module)
     (tmp_path / "work").mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(
-        recipe=recipe,
-        base_dir=tmp_path,
-        out_dir=tmp_path,
-        cache_dir=tmp_path / ".cache",
-        baseline=state,
-        data=pipeline.data,
-        work_dir=tmp_path / "work",
-    )
+    ctx = dataclasses.replace(pipeline.context(state), work_dir=tmp_path / "work")
     out = stage.run(state, ctx)
     return out.module, ctx.details

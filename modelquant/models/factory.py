@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelquant.errors import UserError
+from modelquant.models import ModelSource, register_model_source, resolve_path
+from modelquant.state import ModelState
 
 if TYPE_CHECKING:
     import torch
+
+    from modelquant.models.spec import ModelSpec
 
 
 def import_factory(spec: str, base_dirs: list[Path]) -> Callable[..., Any]:
@@ -94,3 +98,36 @@ def load_checkpoint(module: torch.nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         raise UserError(f"checkpoint {path} does not fit the model: {detail[:300]}") from None
+
+
+@register_model_source("factory")
+class FactorySource(ModelSource):
+    """A torch module from `package.module:function` (with `kwargs`) and an optional checkpoint."""
+
+    def claims(self, spec: ModelSpec) -> bool:
+        return spec.factory is not None
+
+    def check(self, spec: ModelSpec, base_dirs: list[Path]) -> None:
+        assert spec.factory is not None
+        import_factory(spec.factory, base_dirs)
+        if spec.checkpoint is not None:
+            resolve_path(spec.checkpoint, base_dirs, "checkpoint")
+
+    def load(self, spec: ModelSpec, base_dirs: list[Path]) -> ModelState:
+        assert spec.factory is not None
+        module = build(spec.factory, spec.kwargs, base_dirs)
+        if spec.checkpoint is not None:
+            load_checkpoint(module, resolve_path(spec.checkpoint, base_dirs, "checkpoint"))
+        return ModelState(module=module.eval())
+
+    def key_parts(self, spec: ModelSpec, base_dirs: list[Path]) -> list[Any]:
+        import inspect
+
+        from modelquant.pipeline.cache import file_hash
+
+        assert spec.factory is not None
+        source = inspect.getsourcefile(import_factory(spec.factory, base_dirs))
+        parts: list[Any] = [file_hash(Path(source)) if source else spec.factory]
+        if spec.checkpoint is not None:
+            parts.append(file_hash(resolve_path(spec.checkpoint, base_dirs, "checkpoint")))
+        return parts

@@ -7,10 +7,16 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelquant.errors import UserError
+from modelquant.models import ModelSource, register_model_source, resolve_path
+from modelquant.state import ModelState
+
+if TYPE_CHECKING:
+    from modelquant.models.spec import ModelSpec
 
 
 def _load(path: Path, with_data: bool = False):  # type: ignore[no-untyped-def]
@@ -82,26 +88,33 @@ def content_hash(path: Path) -> str:
 
 
 def copy(src: Path, dst: Path) -> Path:
-    """Copy a model to `dst` atomically (temp name, then rename), with its external data."""
+    """Copy a model to `dst` atomically, with its external data.
+
+    Everything is written into a fresh temp folder beside `dst` and then renamed into place, so a
+    rerun never appends to the `.data` file of an earlier copy and no half-written file is seen.
+    """
+    import tempfile
+
     import onnx
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
     externals = external_files(src)
-    if externals:
-        # Rewrite so the side file is named after the destination and travels with it.
-        model = _load(src, with_data=True)
-        onnx.save_model(
-            model,
-            str(tmp),
-            save_as_external_data=True,
-            location=f"{dst.name}.data",
-            size_threshold=1024,
-        )
-        os.replace(tmp.with_name(f"{dst.name}.data"), dst.with_name(f"{dst.name}.data"))
-        os.replace(tmp, dst)
-    else:
-        shutil.copyfile(src, tmp)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp_dir:
+        tmp = Path(tmp_dir) / dst.name
+        if externals:
+            # Rewrite so the side file is named after the destination and travels with it.
+            model = _load(src, with_data=True)
+            data_name = f"{dst.name}.data"
+            onnx.save_model(
+                model,
+                str(tmp),
+                save_as_external_data=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            os.replace(tmp.with_name(data_name), dst.with_name(data_name))
+        else:
+            shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     return dst
 
@@ -145,3 +158,25 @@ def param_counts(path: Path) -> tuple[int, int]:
         total += int(values.size)
         nonzero += nz
     return total, nonzero
+
+
+@register_model_source("onnx")
+class OnnxSource(ModelSource):
+    """An existing ONNX file (external data included)."""
+
+    def claims(self, spec: ModelSpec) -> bool:
+        return spec.onnx is not None
+
+    def check(self, spec: ModelSpec, base_dirs: list[Path]) -> None:
+        assert spec.onnx is not None
+        resolve_path(spec.onnx, base_dirs, "ONNX model")
+
+    def load(self, spec: ModelSpec, base_dirs: list[Path]) -> ModelState:
+        assert spec.onnx is not None
+        path = resolve_path(spec.onnx, base_dirs, "ONNX model")
+        check(path)
+        return ModelState(onnx_path=path)
+
+    def key_parts(self, spec: ModelSpec, base_dirs: list[Path]) -> list[Any]:
+        assert spec.onnx is not None
+        return [content_hash(resolve_path(spec.onnx, base_dirs, "ONNX model"))]

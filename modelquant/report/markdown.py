@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from modelquant.report import register_renderer
 from modelquant.report.model import Report
 from modelquant.report.rows import comparison_rows, stage_notes
 
@@ -12,6 +13,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+@register_renderer("md", "report.md")
 def render_markdown(report: Report) -> str:
     env = report.environment
     parts = [

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    import torch
+
     from modelquant.data import Dataset
-    from modelquant.recipe import Recipe
+    from modelquant.recipe import DataSpec
     from modelquant.state import ModelState
 
 ModelForm = Literal["torch", "onnx", "any"]
@@ -26,24 +28,30 @@ class StageConfig(BaseModel):
 
 @dataclass
 class StageContext:
-    """What a running stage may use besides the model: the recipe, data, folders, the baseline."""
+    """What a running stage may use besides the model. Stages never see the whole recipe: what
+    they read here is what their cache key is made of."""
 
-    recipe: Recipe
-    base_dir: Path
-    out_dir: Path
-    cache_dir: Path
-    baseline: ModelState
+    seed: int
+    """Every random choice of the stage takes it."""
     data: Callable[[str], Dataset]
-    """`data("train" | "calibration" | "evaluation")` opens that recipe data entry (cached)."""
+    """`data(role)` opens a recipe data entry ("train", "calibration", "validation",
+    "evaluation"), checked against the model and cached."""
+    data_spec: Callable[[str], DataSpec | None]
+    """`data_spec(role)`: the recipe's entry for that role (batch size, samples), or None."""
+    baseline: ModelState
+    """The model as loaded, before any stage (a distillation teacher)."""
+    base_dirs: tuple[Path, ...] = ()
+    """Where relative paths in stage settings are looked up (after the working directory)."""
+    targets: tuple[str, ...] = ("cpu",)
+    """The backends the result is for (e.g. ("cpu", "npu")); part of the key of stages that
+    read it (`Stage.uses_targets`)."""
+    cache_dir: Path = Path()
+    """The run's cache folder, for caches finer than a stage (e.g. calibration ranges)."""
     work_dir: Path = Path()
     """A fresh folder for the running stage's files (its cache entry once it succeeds)."""
     details: dict[str, Any] = field(default_factory=dict)
     """What the running stage reports (sparsity reached, layers kept in float, ...)."""
     log: Callable[[str], None] = print
-
-    @property
-    def seed(self) -> int:
-        return self.recipe.seed
 
 
 class Stage(ABC):
@@ -56,7 +64,9 @@ class Stage(ABC):
     produces: ClassVar[ModelForm] = "any"
     """The form it hands on; "onnx" stages are cached by content hash in the output folder."""
     data_roles: ClassVar[tuple[str, ...]] = ()
-    """Recipe data entries the stage reads (part of its cache key)."""
+    """Recipe data entries the stage reads (their contents are part of its cache key)."""
+    uses_targets: ClassVar[bool] = False
+    """Whether the stage's output depends on `StageContext.targets` (then they are in its key)."""
 
     def __init__(self, config: StageConfig) -> None:
         self.config = config
@@ -68,6 +78,20 @@ class Stage(ABC):
     def variant_name(self, backend: str) -> str:
         """File name of the stage's variant for `backend` (e.g. a static-shape NPU flavour)."""
         return f"model.{self.name}.{backend}.onnx"
+
+    def skeleton(self, state: ModelState, ctx: StageContext) -> torch.nn.Module:
+        """A module of this stage's output architecture, for the cache to load saved tensors into
+        (shapes may still differ, as after structured pruning). Default: the incoming model."""
+        import copy
+
+        if state.module is None:
+            raise ValueError(f"stage '{self.name}' got no torch model to rebuild its output on")
+        return copy.deepcopy(state.module)
+
+    def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
+        """Python modules this stage needs with these settings -> the install that provides them
+        (checked before anything runs, so a missing one is bad input, not a crash)."""
+        return {}
 
     @abstractmethod
     def run(self, state: ModelState, ctx: StageContext) -> ModelState:

@@ -151,7 +151,7 @@ class Distill(Stage):
     Config = DistillConfig
     needs = "torch"
     produces = "torch"
-    data_roles: ClassVar[tuple[str, ...]] = ("train",)
+    data_roles: ClassVar[tuple[str, ...]] = ("train", "validation")
     config: DistillConfig
 
     def _load(self, spec: ModelSpec, ctx: StageContext) -> torch.nn.Module:
@@ -159,12 +159,17 @@ class Distill(Stage):
 
         assert spec.factory is not None
         with deterministic(ctx.seed):  # a fresh student starts from the same weights every run
-            module = factory.build(spec.factory, spec.kwargs, [ctx.base_dir])
+            module = factory.build(spec.factory, spec.kwargs, list(ctx.base_dirs))
         if spec.checkpoint is not None:
             factory.load_checkpoint(
-                module, resolve_path(spec.checkpoint, [ctx.base_dir], "checkpoint")
+                module, resolve_path(spec.checkpoint, list(ctx.base_dirs), "checkpoint")
             )
         return module
+
+    def skeleton(self, state: ModelState, ctx: StageContext) -> torch.nn.Module:
+        if self.config.student == "current":
+            return super().skeleton(state, ctx)
+        return self._load(self.config.student, ctx)
 
     def run(self, state: ModelState, ctx: StageContext) -> ModelState:
         import torch
@@ -185,7 +190,7 @@ class Distill(Stage):
         for p in teacher.parameters():
             p.requires_grad_(False)
         start = copy.deepcopy(student)  # the same starting point for the student-alone run
-        evaluation = ctx.data("evaluation")
+        validation = ctx.data("validation")
         train = ctx.data("train")
         sample = train.sample_batch(2)
         task_weights = self._task_weights(student, sample)
@@ -250,10 +255,11 @@ class Distill(Stage):
             t_taps.close()
             s_taps.close()
             release_zeros(held)
-        teacher_acc = accuracy(teacher, evaluation)
-        student_acc = accuracy(student, evaluation)
+        teacher_acc = accuracy(teacher, validation)
+        student_acc = accuracy(student, validation)
         params, _ = parameter_counts(student)
         ctx.details.update(
+            accuracy_on=validation.description,
             teacher_accuracy=teacher_acc,
             student_accuracy=student_acc,
             retention=student_acc / teacher_acc if teacher_acc else None,
@@ -269,7 +275,7 @@ class Distill(Stage):
                 finetune(start, ctx, cfg.finetune, alone_loss, label="student alone")
             finally:
                 release_zeros(held_alone)
-            alone = accuracy(start, evaluation)
+            alone = accuracy(start, validation)
             ctx.details.update(
                 student_alone_accuracy=alone,
                 distillation_gain_pt=(student_acc - alone) * 100,

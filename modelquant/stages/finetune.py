@@ -36,7 +36,7 @@ class FinetuneConfig(BaseModel):
 
 
 def train_data(ctx: StageContext) -> Dataset:
-    if ctx.recipe.data.train is None:
+    if ctx.data_spec("train") is None:
         raise UserError(
             "fine-tuning needs data.train in the recipe (e.g. {source: digits, split: train})"
         )

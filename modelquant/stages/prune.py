@@ -148,7 +148,7 @@ class Prune(Stage):
     Config = PruneConfig
     needs = "torch"
     produces = "torch"
-    data_roles: ClassVar[tuple[str, ...]] = ("train",)
+    data_roles: ClassVar[tuple[str, ...]] = ("train", "validation")
     config: PruneConfig
 
     def targeted(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -183,14 +183,15 @@ class Prune(Stage):
         assert state.module is not None
         cfg = self.config
         model = copy.deepcopy(state.module).eval()  # the baseline stays as loaded
-        evaluation = ctx.data("evaluation")
+        validation = ctx.data("validation")
         params_before, nonzero_before = parameter_counts(model)
         ctx.details.update(
             method=cfg.method,
             asked_sparsity=cfg.sparsity,
             params_before=params_before,
             nonzero_params_before=nonzero_before,
-            accuracy_before=accuracy(model, evaluation),
+            accuracy_on=validation.description,
+            accuracy_before=accuracy(model, validation),
         )
         with deterministic(ctx.seed):
             if cfg.method == "structured":
@@ -201,7 +202,7 @@ class Prune(Stage):
         ctx.details.update(
             params_after=params_after,
             nonzero_params_after=nonzero_after,
-            accuracy_after=accuracy(model, evaluation),
+            accuracy_after=accuracy(model, validation),
         )
         return state.replace(module=model)
 
@@ -210,7 +211,7 @@ class Prune(Stage):
     ) -> None:
         """After a pruning step: the accuracy it left (first step), then fine-tuning if asked."""
         if step == 1:
-            ctx.details["accuracy_pruned_before_finetune"] = accuracy(model, ctx.data("evaluation"))
+            ctx.details["accuracy_pruned_before_finetune"] = accuracy(model, ctx.data("validation"))
         if self.config.finetune is not None:
             label = f"prune step {step}/{steps}"
             losses.append(finetune(model, ctx, self.config.finetune, label=label))

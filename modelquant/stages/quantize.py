@@ -168,6 +168,7 @@ class Quantize(Stage):
     needs = "onnx"
     produces = "onnx"
     data_roles: ClassVar[tuple[str, ...]] = ("calibration",)
+    uses_targets = True  # the NPU variant is made when the targets include npu
     config: QuantizeConfig
 
     def artifact_name(self) -> str:
@@ -216,7 +217,7 @@ class Quantize(Stage):
         onnx_file.check(out)
         ctx.details["qdq_nodes"] = _count_ops(out, ("QuantizeLinear", "DequantizeLinear"))
         variants = dict(state.variants)
-        if "npu" in ctx.recipe.evaluate.backends and cfg.mode == "static":
+        if "npu" in ctx.targets and cfg.mode == "static":
             variants["npu"] = self._npu_variant(state.onnx_path, excluded, ctx)
         return state.replace(onnx_path=out, variants=variants)
 
@@ -294,7 +295,7 @@ class Quantize(Stage):
         from modelquant.models import onnx_file
 
         cfg = self.config
-        spec = ctx.recipe.data.calibration or ctx.recipe.data.train
+        spec = ctx.data_spec("calibration")
         if spec is None:
             raise UserError("static quantization needs data.calibration (or data.train)")
         samples = cfg.calibration.samples or spec.samples or DEFAULT_CALIBRATION_SAMPLES
@@ -351,7 +352,7 @@ class Quantize(Stage):
             "samples": len(reader) * batch,
             "batch_size": batch,
             "cache": "reused" if hit else "computed",
-            "cache_file": str(cache.relative_to(ctx.out_dir)),
+            "cache_file": str(cache.relative_to(ctx.cache_dir.parent)),
         }
         if cfg.calibration.method == "percentile":
             ctx.details["calibration"]["percentile"] = cfg.calibration.percentile

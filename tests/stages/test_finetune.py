@@ -18,15 +18,7 @@ from tests.tiny_models import build
 
 def context(tmp_path: Path, **changes: object) -> StageContext:
     recipe = Recipe.model_validate(tiny_recipe_dict(tmp_path / "x.safetensors", **changes))
-    pipeline = Pipeline(recipe, tmp_path / "r.yaml", tmp_path)
-    return StageContext(
-        recipe=recipe,
-        base_dir=tmp_path,
-        out_dir=tmp_path,
-        cache_dir=tmp_path / ".cache",
-        baseline=ModelState(),
-        data=pipeline.data,
-    )
+    return Pipeline(recipe, tmp_path / "r.yaml", tmp_path).context(ModelState())
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])

@@ -1,0 +1,115 @@
+"""The output folder: the one place that writes into it (temp name, then rename; rank 0 only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelquant.errors import UserError
+
+REPORT_FILES = ("report.json", "report.md", "report.html", "junit.xml")
+"""Every report file a run can write: removed first thing, so no stale success outlives a rerun."""
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (RANK), 0 when run alone."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temp name in the same folder, then rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def default_out_dir(name: str, configured: Path | None) -> Path:
+    return (configured or Path("runs") / name).absolute()
+
+
+def peek_out_dir(recipe_path: Path, out: Path | None) -> Path | None:
+    """The output folder a run of this recipe file would use, read leniently before the recipe is
+    validated (so that even a run that fails on a bad recipe removes the old report)."""
+    if out is not None:
+        return out.absolute()
+    try:
+        raw: Any = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+        output = raw.get("output") or {}
+        configured = output.get("dir") if isinstance(output, dict) else None
+        name = raw.get("name")
+        if configured:
+            return Path(configured).absolute()
+        if isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
+            return default_out_dir(name, None)
+    except (OSError, yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        pass
+    return None
+
+
+def clear_reports(out_dir: Path | None) -> None:
+    """Remove the report files of an earlier run in `out_dir` (nothing else)."""
+    if out_dir is None or not out_dir.is_dir() or process_rank() != 0:
+        return
+    for name in REPORT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+class Artifacts:
+    """What a run publishes in its output folder, and under which names."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.cache_dir = out_dir / ".cache"
+        self.writes = process_rank() == 0
+        self.published: dict[str, str] = {}
+        """Role (baseline, stage2.quantize, variant.npu, compressed, report.json, ...) -> name."""
+
+    def prepare(self) -> None:
+        """Create the output folder; a path that is a file or cannot be written is bad input."""
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UserError(f"output folder {self.out_dir} is a file; give --out a folder")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.out_dir / ".modelquant-write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UserError(
+                f"cannot write to output folder {self.out_dir} ({reason}); give --out a folder "
+                "you can write to"
+            ) from None
+        clear_reports(self.out_dir)
+
+    def unique(self, name: str, index: int) -> str:
+        """`name`, or `name` with the stage index in it when an earlier stage took it."""
+        if name in self.published.values():
+            name = name.replace(".onnx", f".{index}.onnx")
+        return name
+
+    def publish_onnx(self, role: str, source: Path, name: str) -> str:
+        """Copy an ONNX model (and its external data) in under `name`; returns the name."""
+        from modelquant.models import onnx_file
+
+        if self.writes:
+            onnx_file.copy(source, self.out_dir / name)
+        self.published[role] = name
+        return name
+
+    def alias(self, role: str, existing_role: str) -> None:
+        """Record `role` as the same file as an already published role."""
+        self.published[role] = self.published[existing_role]
+
+    def path(self, role: str) -> Path:
+        return self.out_dir / self.published[role]
+
+    def write_text(self, role: str, name: str, text: str) -> None:
+        if self.writes:
+            write_atomic(self.out_dir / name, text)
+        self.published[role] = name

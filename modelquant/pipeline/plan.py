@@ -1,0 +1,125 @@
+"""Planning a run: recipe -> ordered stages, with files, packages and data checked before anything
+runs (what `--dry-run` prints)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from modelquant.data import Dataset, load_dataset
+from modelquant.errors import UserError
+from modelquant.recipe import DataSpec, Recipe
+from modelquant.stages import Stage, registered_stages
+
+DATA_ROLES = ("train", "calibration", "validation", "evaluation")
+
+
+class Plan:
+    """The stages a recipe asks for and the data they read, checked without running anything."""
+
+    def __init__(
+        self, recipe: Recipe, base_dirs: tuple[Path, ...], log: Callable[[str], None]
+    ) -> None:
+        self.recipe = recipe
+        self.base_dirs = base_dirs
+        self.log = log
+        self.stages: list[Stage] = [
+            registered_stages()[name](cfg) for name, cfg in recipe.stage_list()
+        ]
+        self.targets: tuple[str, ...] = tuple(recipe.evaluate.backends)
+        self._data: dict[str, Dataset] = {}
+
+    # ------------------------------------------------------------------ data
+    def data_spec(self, role: str) -> DataSpec | None:
+        """The recipe's entry for a role; calibration falls back to train, validation to
+        evaluation (said once in the log, and stages name the data their figures are on)."""
+        d = self.recipe.data
+        if role == "train":
+            return d.train
+        if role == "calibration":
+            return d.calibration or d.train
+        if role == "validation":
+            return d.validation or d.evaluation
+        if role == "evaluation":
+            return d.evaluation
+        raise ValueError(f"unknown data role {role!r} (known: {', '.join(DATA_ROLES)})")
+
+    def data(self, role: str) -> Dataset:
+        """The data of a role, loaded once."""
+        if role not in self._data:
+            spec = self.data_spec(role)
+            if spec is None:
+                raise UserError(f"a stage needs data.{role}, and the recipe has none")
+            if role == "validation" and self.recipe.data.validation is None:
+                self.log(
+                    "no data.validation: stages report their accuracies on data.evaluation; "
+                    "add a validation entry so that settings are not chosen on gated data"
+                )
+            self._data[role] = load_dataset(spec, self.base_dirs[0])
+        return self._data[role]
+
+    def roles(self) -> list[str]:
+        """The data roles this run reads: evaluation always, plus what the stages read."""
+        roles = {"evaluation"}
+        for stage in self.stages:
+            roles.update(stage.data_roles)
+        return [r for r in DATA_ROLES if r in roles]
+
+    # ------------------------------------------------------------------ checks
+    def check(self) -> list[str]:
+        """Check files, packages, data and the stage chain; the plan as lines. Raises UserError."""
+        from modelquant.models import check_model_spec
+
+        check_model_spec(self.recipe.model, list(self.base_dirs))
+        lines = [f"model: {self.recipe.model.factory or self.recipe.model.onnx}"]
+        lines += self._check_chain()
+        self._check_packages()
+        for role in self.roles():
+            data = self.data(role)
+            lines.append(f"data.{role}: {data.description}, {len(data)} samples")
+        ev = self.recipe.evaluate
+        lines.append(f"evaluate: backends {', '.join(ev.backends)}; batch sizes {ev.batch_sizes}")
+        return lines
+
+    def _check_chain(self) -> list[str]:
+        onnx_model = self.recipe.model.onnx is not None
+        form = "onnx" if onnx_model else "torch"
+        exported_at: int | None = None
+        lines = []
+        for i, stage in enumerate(self.stages, 1):
+            if stage.needs not in ("any", form):
+                raise UserError(
+                    f"stage {i} '{stage.name}' needs a {stage.needs} model: "
+                    + (self._chain_fix(stage, onnx_model, exported_at))
+                )
+            if stage.produces != "any":
+                if stage.produces == "onnx" and form == "torch":
+                    exported_at = i
+                form = stage.produces
+            settings = stage.config.model_dump(mode="json", exclude_defaults=True)
+            lines.append(
+                f"stage {i}: {stage.name} {json.dumps(settings) if settings else ''}".rstrip()
+            )
+        return lines
+
+    @staticmethod
+    def _chain_fix(stage: Stage, onnx_model: bool, exported_at: int | None) -> str:
+        if stage.needs == "onnx":
+            return "add an export stage before it"
+        if onnx_model:
+            return (
+                "the recipe's model is an ONNX file; give a torch model (model.factory and "
+                f"model.checkpoint) to {stage.name} it, or drop the stage"
+            )
+        return f"move it before the export in stage {exported_at}"
+
+    def _check_packages(self) -> None:
+        for stage in self.stages:
+            for module, install in stage.requires(self.targets).items():
+                if importlib.util.find_spec(module) is None:
+                    raise UserError(
+                        f"stage '{stage.name}' needs the Python package '{module}', which is not "
+                        f"installed: {install}"
+                    )

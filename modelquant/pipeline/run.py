@@ -1,0 +1,225 @@
+"""Running a recipe: load the model, run the stages in order (cached by content), publish their
+models, then (unless asked not to) measure baseline and compressed and build the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelquant.errors import StageError, UserError, step
+from modelquant.pipeline import cache
+from modelquant.pipeline.artifacts import Artifacts, default_out_dir
+from modelquant.pipeline.plan import Plan
+from modelquant.recipe import Recipe
+from modelquant.report.model import Report
+from modelquant.stages import Stage, StageContext
+from modelquant.stages.export import ExportConfig
+from modelquant.state import ModelState, StageRecord, export_onnx
+
+
+@dataclass
+class StagesResult:
+    """What running the stages gave: the final state and the published ONNX files."""
+
+    baseline: ModelState
+    """The model as loaded, with `onnx_path` set to its published FP32 ONNX export."""
+    state: ModelState
+    """The model after the last stage (lineage included)."""
+    compressed: Path
+    """The compressed model as a published ONNX file."""
+
+
+class Pipeline:
+    """One recipe run: `check()` validates what is cheap; `run()` does the work and returns the
+    report; `run_stages()` stops before measuring (for analysis)."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        recipe_path: Path,
+        out_dir: Path | None = None,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.recipe = recipe
+        self.recipe_path = recipe_path
+        self.base_dirs = (recipe_path.resolve().parent,)
+        self.log = log
+        self.artifacts = Artifacts(default_out_dir(recipe.name, out_dir or recipe.output.dir))
+        self.cache = cache.StageCache(self.artifacts.cache_dir)
+        self.plan = Plan(recipe, self.base_dirs, log)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.artifacts.out_dir
+
+    @property
+    def stages(self) -> list[Stage]:
+        return self.plan.stages
+
+    def check(self) -> list[str]:
+        """What `--dry-run` prints: the checked plan (raises UserError on bad input)."""
+        with step("planning"):
+            lines = self.plan.check()
+        return [*lines, f"output: {self.out_dir}"]
+
+    # ------------------------------------------------------------------ export
+    def export_config(self) -> ExportConfig:
+        for stage in self.stages:
+            if isinstance(stage.config, ExportConfig):
+                return stage.config
+        return ExportConfig()
+
+    def export(self, module: Any, path: Path) -> Path:
+        """Export a torch module with the recipe's export settings, traced on evaluation data."""
+        cfg = self.export_config()
+        sample = self.plan.data("evaluation").sample_batch(
+            2 if cfg.dynamic_batch else cfg.batch_size
+        )
+        return export_onnx(
+            module,
+            sample,
+            path,
+            opset=cfg.opset,
+            dynamic_batch=cfg.dynamic_batch,
+            output_names=cfg.output_names,
+        )
+
+    def _export_cached(self, state: ModelState, previous: str, label: str) -> Path:
+        cfg = self.export_config()
+        assert state.module is not None
+        key = cache.hash_parts(
+            previous,
+            cache.module_hash(state.module),
+            cfg.model_dump(mode="json"),
+            cache.dataset_hash(self.plan.data("evaluation")),
+            cache.library_versions(),
+        )
+        entry = self.cache.root / f"{label}-{key[:16]}"
+        path = entry / "model.onnx"
+        if not path.is_file():
+            work = self.cache.begin(entry)
+            try:
+                self.export(state.module, work / "model.onnx")
+            except Exception:
+                self.cache.abandon(work)
+                raise
+            work.replace(entry)
+        return path
+
+    def context(self, baseline: ModelState) -> StageContext:
+        """The context every stage of this run gets (each with its own work folder)."""
+        return StageContext(
+            seed=self.recipe.seed,
+            data=self.plan.data,
+            data_spec=self.plan.data_spec,
+            baseline=baseline,
+            base_dirs=self.base_dirs,
+            targets=self.plan.targets,
+            cache_dir=self.cache.root,
+            log=self.log,
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Report:
+        """Stages, then measurement; the report (written by `write_report`)."""
+        from modelquant.pipeline.measure import measure
+
+        result = self.run_stages()
+        with step("measuring"):
+            return measure(self, result)
+
+    def run_stages(self) -> StagesResult:
+        """Check, load the model, run every stage (or take it from the cache) and publish."""
+        from modelquant.models import load_model, model_key
+
+        self.check()
+        self.artifacts.prepare()
+        with step("loading the model"):
+            loaded = load_model(self.recipe.model, list(self.base_dirs))
+            key = model_key(self.recipe.model, list(self.base_dirs))
+        with step("exporting the baseline"):
+            if loaded.onnx_path is not None:
+                source = loaded.onnx_path
+            else:
+                self.log("exporting the baseline to ONNX")
+                source = self._export_cached(loaded, key, "baseline")
+            self.artifacts.publish_onnx("baseline", source, "baseline.onnx")
+        baseline = loaded.replace(onnx_path=self.artifacts.path("baseline"))
+        ctx = self.context(baseline)
+        state = loaded
+        last_published = ""
+        for i, stage in enumerate(self.stages, 1):
+            before = state
+            with step(f"stage {i} {stage.name}"):
+                key = cache.stage_key(
+                    key,
+                    cache.state_content_hash(state),
+                    stage,
+                    ctx,
+                    {r: cache.dataset_hash(self.plan.data(r)) for r in stage.data_roles},
+                )
+                state = self._run_stage(i, stage, state, ctx, key)
+            if stage.produces == "onnx" and state.onnx_path is not None:
+                name = self.artifacts.unique(stage.artifact_name(), i)
+                last_published = self.artifacts.publish_onnx(
+                    f"stage{i}.{stage.name}", state.onnx_path, name
+                )
+                for backend, path in state.variants.items():
+                    if before.variants.get(backend) != path:
+                        vname = self.artifacts.unique(stage.variant_name(backend), i)
+                        self.artifacts.publish_onnx(f"variant.{backend}", path, vname)
+        with step("exporting the compressed model"):
+            if not state.lineage:
+                self.artifacts.alias("compressed", "baseline")
+            elif state.onnx_path is not None and last_published:
+                self.artifacts.published["compressed"] = last_published
+            else:
+                self.log("exporting the compressed torch model to ONNX")
+                final = self._export_cached(state, key, "final")
+                self.artifacts.publish_onnx("compressed", final, "model.compressed.onnx")
+        return StagesResult(baseline, state, self.artifacts.path("compressed"))
+
+    def _run_stage(
+        self, index: int, stage: Stage, state: ModelState, ctx: StageContext, key: str
+    ) -> ModelState:
+        settings = stage.config.model_dump(mode="json")
+        entry = self.cache.entry(index, stage.name, key)
+        hit = self.cache.load(entry, stage, state, ctx)
+        if hit is not None:
+            cached, meta = hit
+            self.log(f"stage {index} {stage.name}: cached")
+            record = StageRecord(
+                stage.name, settings, meta["seconds"], meta["details"], cached=True
+            )
+            return cached.replace(lineage=(*state.lineage, record))
+        work = self.cache.begin(entry)
+        stage_ctx = dataclasses.replace(ctx, work_dir=work, details={})
+        self.log(f"stage {index} {stage.name}: running")
+        start = time.perf_counter()
+        try:
+            new = stage.run(state, stage_ctx)
+        except (UserError, StageError):
+            self.cache.abandon(work)
+            raise
+        except Exception as exc:
+            self.cache.abandon(work)
+            raise StageError(stage.name, f"{type(exc).__name__}: {exc}") from exc
+        record = StageRecord(stage.name, settings, time.perf_counter() - start, stage_ctx.details)
+        new = new.replace(lineage=(*state.lineage, record))
+        if stage.produces == "torch":
+            new = new.replace(onnx_path=None)
+        return self.cache.commit(work, entry, new, record)
+
+    def write_report(self, report: Report) -> None:
+        """Every requested format through its renderer, each atomically; report.json last, so its
+        presence means the whole run finished."""
+        from modelquant.report import file_renderers
+
+        renderers = file_renderers()
+        for fmt in [f for f in self.recipe.output.formats if f != "json"] + ["json"]:
+            name, render = renderers[fmt]
+            self.artifacts.write_text(name, name, render(report))
