@@ -101,6 +101,7 @@ class Pipeline:
         entry = self.cache.root / f"{label}-{key[:16]}"
         path = entry / "model.onnx"
         if not path.is_file():
+            self.log(f"exporting the {label} model to ONNX")
             work = self.cache.begin(entry)
             try:
                 self.export(state.module, work / "model.onnx")
@@ -145,7 +146,6 @@ class Pipeline:
             if loaded.onnx_path is not None:
                 source = loaded.onnx_path
             else:
-                self.log("exporting the baseline to ONNX")
                 source = self._export_cached(loaded, key, "baseline")
             self.artifacts.publish_onnx("baseline", source, "baseline.onnx")
         baseline = loaded.replace(onnx_path=self.artifacts.path("baseline"))
@@ -178,7 +178,6 @@ class Pipeline:
             elif state.onnx_path is not None and last_published:
                 self.artifacts.published["compressed"] = last_published
             else:
-                self.log("exporting the compressed torch model to ONNX")
                 final = self._export_cached(state, key, "final")
                 self.artifacts.publish_onnx("compressed", final, "model.compressed.onnx")
         return StagesResult(baseline, state, self.artifacts.path("compressed"))
