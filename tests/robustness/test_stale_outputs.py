@@ -6,8 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import onnx
+import pytest
 
-from tests.robustness.conftest import compress
+from modelquant.cli import app
+from tests.robustness.conftest import compress, runner
 
 
 def test_a_bad_recipe_rerun_removes_the_old_success(
@@ -24,16 +26,9 @@ def test_a_bad_recipe_rerun_removes_the_old_success(
 
 
 def test_a_recipe_that_fails_its_plan_removes_the_old_success_without_out(
-    write_recipe: Callable[..., Path], tmp_path: Path, monkeypatch: object
+    write_recipe: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pytest
-
-    assert isinstance(monkeypatch, pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)  # the default output folder runs/<name> is relative to here
-    from tests.robustness.conftest import runner
-
-    from modelquant.cli import app
-
     good = write_recipe()
     assert runner.invoke(app, ["compress", str(good)]).exit_code == 0
     report = tmp_path / "runs" / "tiny" / "report.json"
