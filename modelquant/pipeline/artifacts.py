@@ -72,6 +72,8 @@ class Artifacts:
 
     def prepare(self) -> None:
         """Create the output folder; a path that is a file or cannot be written is bad input."""
+        if not self.writes:
+            return
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UserError(f"output folder {self.out_dir} is a file; give --out a folder")
         try:

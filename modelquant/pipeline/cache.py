@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,8 +202,14 @@ def stage_key(
 class StageCache:
     """Stage outputs by key under `root`; a hit hands back the model the stage once produced."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, writes: bool = True) -> None:
         self.root = root
+        self.writes = writes
+        """False on ranks other than 0 under torchrun: they read entries but never write them;
+        their stages work in private temp folders."""
+        self.scratch = root if writes else Path(tempfile.mkdtemp(prefix="modelquant-cache-"))
+        """Where stages keep caches finer than a stage (calibration ranges): the cache itself,
+        or a private temp folder on ranks that do not write."""
 
     def entry(self, index: int, name: str, key: str) -> Path:
         return self.root / f"{index:02d}-{name}-{key[:16]}"
@@ -229,6 +236,8 @@ class StageCache:
 
     def begin(self, entry: Path) -> Path:
         """A fresh `.partial` folder for a stage about to run."""
+        if not self.writes:
+            return Path(tempfile.mkdtemp(prefix=f"modelquant-{entry.name}-"))
         work = entry.with_name(entry.name + ".partial")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -240,6 +249,8 @@ class StageCache:
 
     def commit(self, work: Path, entry: Path, new: ModelState, record: StageRecord) -> ModelState:
         """Save what the stage produced into its work folder, then rename it into place."""
+        if not self.writes:
+            return new
         meta: dict[str, Any] = {"seconds": record.seconds, "details": record.details}
         if new.onnx_path is not None and new.onnx_path.is_relative_to(work):
             meta["variants"] = {

@@ -49,7 +49,7 @@ class Pipeline:
         self.base_dirs = (recipe_path.resolve().parent,)
         self.log = log
         self.artifacts = Artifacts(default_out_dir(recipe.name, out_dir or recipe.output.dir))
-        self.cache = cache.StageCache(self.artifacts.cache_dir)
+        self.cache = cache.StageCache(self.artifacts.cache_dir, writes=self.artifacts.writes)
         self.plan = Plan(recipe, self.base_dirs, log)
 
     @property
@@ -108,6 +108,8 @@ class Pipeline:
             except Exception:
                 self.cache.abandon(work)
                 raise
+            if not self.cache.writes:
+                return work / "model.onnx"
             work.replace(entry)
         return path
 
@@ -120,7 +122,7 @@ class Pipeline:
             baseline=baseline,
             base_dirs=self.base_dirs,
             targets=self.plan.targets,
-            cache_dir=self.cache.root,
+            cache_dir=self.cache.scratch,
             log=self.log,
         )
 

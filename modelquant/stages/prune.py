@@ -151,6 +151,11 @@ class Prune(Stage):
     data_roles: ClassVar[tuple[str, ...]] = ("train", "validation")
     config: PruneConfig
 
+    def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
+        if self.config.method == "structured":
+            return {"torch_pruning": 'pip install "torch-pruning>=1.5" (a modelquant dependency)'}
+        return {}
+
     def targeted(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
         """Layers of a targeted type not caught by an ignore rule; a rule matching nothing errs."""
         cfg = self.config
