@@ -330,6 +330,7 @@ class Pipeline:
             env.backends,
             variants,
             self.log,
+            batch_size=self.recipe.data.evaluation.batch_size,
         )
         base, comp, deltas = measured.baseline, measured.compressed, measured.deltas
         base.path = "baseline.onnx"
