@@ -38,6 +38,19 @@ def test_stub_timer_gives_exact_statistics() -> None:
     assert stats.blocks == 3  # 2 + 2 + 1
 
 
+def test_a_single_block_still_gets_an_interval() -> None:
+    durations = iter([5, 1, 2, 3, 4, 5])  # the cold run, then 5 timed runs (ms)
+    clock = [0]
+
+    def run() -> None:
+        clock[0] += next(durations) * 1_000_000
+
+    timed = bench.time_alternating({"a": run}, warmup=0, repeats=5, block=5, timer=lambda: clock[0])
+    stats = bench.summarize(timed["a"], threads=1)
+    assert stats.blocks == 1 and stats.p50 == 3.0
+    assert stats.ci95[0] < 3.0 < stats.ci95[1]  # not a zero-width interval from one block
+
+
 class FakeMachine:
     """A clock whose runs take `base[model] x load`; the load changes whenever the machine
     switches model (a neighbour's job starting or stopping on the timescale of a block), and the

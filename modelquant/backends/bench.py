@@ -83,6 +83,13 @@ def _block_bootstrap_medians(timed: Mapping[str, Timed], seed: int) -> dict[str,
     independent draws; and block k of each model ran side by side in time, so they are resampled
     as one tuple. Resampling single runs i.i.d. gives intervals far too narrow under load.
     """
+    if min(len(t.blocks) for t in timed.values()) < 2:
+        # One block says nothing about the spread between blocks; its runs, resampled one by
+        # one, are the only spread there is (too narrow under load: time more blocks).
+        timed = {
+            name: Timed([t.samples[i : i + 1] for i in range(len(t.samples))], t.cold)
+            for name, t in timed.items()
+        }
     n_blocks = min(len(t.blocks) for t in timed.values())
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n_blocks, size=(BOOTSTRAP_RESAMPLES, n_blocks))
