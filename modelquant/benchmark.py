@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelquant.backends import BACKEND_NAMES, bench, get_backend
 from modelquant.errors import UserError
+from modelquant.report.model import LatencyStats, Speedup
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -52,6 +55,39 @@ def random_feed(session: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray
     return feed
 
 
+class BenchmarkBackend(BaseModel):
+    """One backend's latencies: the shapes `compress` and `evaluate` report (LatencyStats,
+    Speedup), keyed by role ("model" alone, or "baseline" and "compressed")."""
+
+    model_config = ConfigDict(extra="forbid")
+    skipped: str | None = None
+    emulated: bool = False
+    execution_provider: str | None = None
+    latency_ms: dict[str, dict[str, LatencyStats]] = Field(default_factory=dict)
+    """Role -> batch size (as a string) -> latency."""
+    speedup: dict[str, Speedup] = Field(default_factory=dict)
+    """Batch size -> baseline p50 / compressed p50 (with interval)."""
+    untimed: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Role -> batch size -> why it was not timed."""
+
+
+class BenchmarkResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: dict[str, str] = Field(description="Role -> ONNX file.")
+    cpu: str
+    cpu_flags: list[str]
+    threads: int = Field(description="Intra-op threads the sessions ran with.")
+    threads_source: str
+    backends: dict[str, BenchmarkBackend]
+
+
+def roles_of(models: list[Path]) -> dict[str, Path]:
+    """One model is "model"; two are "baseline" then "compressed" (speedup = first / second)."""
+    if len(models) == 1:
+        return {"model": models[0]}
+    return {"baseline": models[0], "compressed": models[1]}
+
+
 def run_benchmark(
     models: list[Path],
     backends: list[str],
@@ -61,12 +97,15 @@ def run_benchmark(
     warmup: int,
     repeats: int,
     block: int,
-) -> dict[str, Any]:
+    timer: bench.Timer | None = None,
+) -> BenchmarkResult:
     """Per backend and batch size: each model's latency statistics, and the speedup of the
-    second model over the first when two are given."""
+    second model over the first when two are given (through `bench.measure_latency`)."""
+    from pydantic import ValidationError
+
     from modelquant.environment import environment
-    from modelquant.evaluator import open_session
     from modelquant.models import onnx_file
+    from modelquant.recipe import EvaluateConfig, NpuEvaluateConfig
 
     for path in models:
         if not path.is_file():
@@ -75,82 +114,94 @@ def run_benchmark(
     unknown = [b for b in backends if b not in BACKEND_NAMES]
     if unknown or not backends:
         raise UserError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKEND_NAMES)}")
+    try:
+        cfg = EvaluateConfig(
+            backends=backends,
+            batch_sizes=batch_sizes,
+            warmup=warmup,
+            repeats=repeats,
+            block=block,
+            threads=threads,
+            npu=NpuEvaluateConfig(repeats=repeats),  # the user's count, also on the emulator
+        )
+    except ValidationError as exc:
+        raise UserError(f"benchmark settings: {exc.errors()[0]['msg']}") from None
     env = environment()
-    result: dict[str, Any] = {
-        "models": [str(p) for p in models],
-        "cpu": env.cpu,
-        "cpu_flags": env.cpu_flags,
-        "threads": threads,
-        "backends": {},
-    }
+    effective, source = bench.effective_threads(threads)
+    roles = roles_of(models)
+    result = BenchmarkResult(
+        models={role: str(p) for role, p in roles.items()},
+        cpu=env.cpu,
+        cpu_flags=env.cpu_flags,
+        threads=effective,
+        threads_source=source,
+        backends={},
+    )
     for name in backends:
         backend = get_backend(name)
         ok, reason = backend.available()
         if not ok:
-            result["backends"][name] = {"skipped": reason}
+            result.backends[name] = BenchmarkBackend(skipped=reason)
             continue
-        entry: dict[str, Any] = {"emulated": backend.emulated, "batch": {}}
-        for bs in batch_sizes:
-            runs = {}
-            notes = []
-            for path in models:
-                opened = open_session(backend, path, threads, bs)
-                if opened.batch is not None and opened.batch != bs:
-                    notes.append(f"{path.name} is fixed to batch {opened.batch}")
-                    continue
-                feed = random_feed(opened.session, bs)
-                runs[str(path)] = lambda s=opened.session, f=feed: s.run(None, f)
-            if not runs:
-                entry["batch"][str(bs)] = {"notes": notes}
-                continue
-            timed = bench.time_alternating(runs, warmup=warmup, repeats=repeats, block=block)
-            row: dict[str, Any] = {
-                model: bench.summarize(samples, threads).model_dump()
-                for model, samples in timed.items()
-            }
-            if len(timed) == 2:
-                first, second = timed.values()
-                point, lo, hi = bench.speedup_interval(first, second)
-                row["speedup"] = {"value": point, "ci95": [lo, hi]}
-            if notes:
-                row["notes"] = notes
-            entry["batch"][str(bs)] = row
-        result["backends"][name] = entry
+        latency = bench.measure_latency(
+            roles,
+            backend,
+            batch_sizes,
+            lambda session, bs: random_feed(session, bs),
+            cfg,
+            timer=timer,
+        )
+        result.backends[name] = BenchmarkBackend(
+            emulated=backend.emulated,
+            execution_provider=backend.execution_provider,
+            latency_ms=latency.stats,
+            speedup=latency.speedups,
+            untimed={role: u for role, u in latency.untimed.items() if u},
+        )
     return result
 
 
-def render(result: dict[str, Any], console: Console) -> None:
+def render(result: BenchmarkResult, console: Console) -> None:
+    from modelquant.report.rows import fmt_ms, fmt_speedup
+
     table = Table(
-        title=f"latency · {result['cpu']} · flags {' '.join(result['cpu_flags'])}",
+        title=f"latency · {result.cpu} · flags {' '.join(result.cpu_flags)} · "
+        f"{result.threads} thread(s) ({result.threads_source})",
         title_justify="left",
     )
     for col in ("backend", "batch", "model", "p50 ms", "p90 ms", "95% CI of p50", "speedup"):
         table.add_column(col)
-    for name, entry in result["backends"].items():
-        if "skipped" in entry:
-            table.add_row(name, "", "", "", "", "", f"skipped: {entry['skipped']}")
+    for name, entry in result.backends.items():
+        if entry.skipped:
+            table.add_row(name, "", "", "", "", "", escape(f"skipped: {entry.skipped}"))
             continue
-        label = f"{name} (emulated)" if entry["emulated"] else name
-        for bs, row in entry["batch"].items():
-            speed = row.get("speedup")
-            for model in result["models"]:
-                stats = row.get(model)
+        label = f"{name} (emulated)" if entry.emulated else name
+        sizes: set[str] = set()
+        for per_role in entry.latency_ms.values():
+            sizes.update(per_role)
+        for untimed in entry.untimed.values():
+            sizes.update(untimed)
+        for bs in sorted(sizes, key=int):
+            speed = entry.speedup.get(bs)
+            for role, path in result.models.items():
+                stats = entry.latency_ms.get(role, {}).get(bs)
+                model = escape(Path(path).name)
                 if stats is None:
+                    why = entry.untimed.get(role, {}).get(bs, "not timed")
+                    table.add_row(label, bs, model, escape(why), "", "", "")
                     continue
-                sp = ""
-                if speed and model == result["models"][-1]:
-                    sp = f"{speed['value']:.2f}x [{speed['ci95'][0]:.2f}, {speed['ci95'][1]:.2f}]"
+                sp = "reference" if role == "baseline" else ""
+                if role == "compressed":
+                    sp = fmt_speedup(speed) if speed else "no speedup: the baseline was not timed"
                 table.add_row(
                     label,
                     bs,
-                    Path(model).name,
-                    f"{stats['p50']:.3f}",
-                    f"{stats['p90']:.3f}",
-                    f"[{stats['ci95'][0]:.3f}, {stats['ci95'][1]:.3f}]",
-                    sp,
+                    model,
+                    fmt_ms(stats.p50),
+                    fmt_ms(stats.p90),
+                    f"[{fmt_ms(stats.ci95[0])}, {fmt_ms(stats.ci95[1])}]",
+                    escape(sp),
                 )
-            for note in row.get("notes", []):
-                table.add_row(label, bs, "", "", "", "", note)
     console.print(table)
-    if any(e.get("emulated") for e in result["backends"].values()):
+    if any(e.emulated for e in result.backends.values()):
         console.print("emulated: latency of a simulator on this CPU, not of the device")

@@ -197,12 +197,15 @@ def evaluate(
         if not model.is_file():
             raise UserError(f"model file not found: {model}")
         onnx_file.check(model)
-        from modelquant.evaluator import evaluate_models
+        from modelquant.evaluator import evaluate_model
+        from modelquant.report.rows import fmt_ms
 
         data = load_dataset(spec.data.evaluation, recipe.resolve().parent)
         statuses: dict[str, BackendStatus] = {}
-        # The evaluator's one code path, with the model in both seats; only one is reported.
-        result = evaluate_models(model, model, data, spec.evaluate, statuses).baseline
+        # One model, timed once per backend and batch size (the pipeline's timing path).
+        result = evaluate_model(
+            model, data, spec.evaluate, statuses, batch_size=spec.data.evaluation.batch_size
+        )
         if as_json:
             sys.stdout.write(result.model_dump_json(indent=2) + "\n")
             return
@@ -211,19 +214,37 @@ def evaluate(
             table.add_column(col)
         for name, res in result.backends.items():
             if res.skipped:
-                table.add_row(name, "skipped", "", "", "", res.skipped)
-            for bs, lat in res.latency_ms.items():
-                acc = f"{res.accuracy:.2%}" if res.accuracy is not None else ""
+                table.add_row(name, "skipped", "", escape(res.skipped), "", "")
+                continue
+            label = f"{name} (emulated)" if res.emulated else name
+            acc = f"{res.accuracy:.2%}" if res.accuracy is not None else "not scored"
+            for bs in spec.evaluate.batch_sizes:
+                lat = res.latency_ms.get(str(bs))
+                if lat is None:
+                    why = res.untimed.get(str(bs), "not timed")
+                    table.add_row(label, acc, str(bs), escape(why), "", "")
+                    continue
                 table.add_row(
-                    name,
+                    label,
                     acc,
-                    bs,
-                    f"{lat.p50:.3f}",
-                    f"{lat.p90:.3f}",
-                    f"[{lat.ci95[0]:.3f}, {lat.ci95[1]:.3f}]",
+                    str(bs),
+                    fmt_ms(lat.p50),
+                    fmt_ms(lat.p90),
+                    f"[{fmt_ms(lat.ci95[0])}, {fmt_ms(lat.ci95[1])}]",
                 )
         out.print(table)
-        out.print(f"size {result.size_bytes:,} bytes · params {result.params:,}")
+        threads = next(
+            (
+                f" · {lat.threads} thread(s) ({lat.threads_source})"
+                for res in result.backends.values()
+                for lat in res.latency_ms.values()
+            ),
+            "",
+        )
+        out.print(
+            f"size {result.size_bytes:,} bytes · params {result.params:,}{threads}",
+            highlight=False,
+        )
 
     _run_guarded(work, debug)
 
@@ -298,7 +319,7 @@ def benchmark(
             block=block,
         )
         if as_json:
-            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            sys.stdout.write(result.model_dump_json(indent=2) + "\n")
             return
         from modelquant.benchmark import render
 

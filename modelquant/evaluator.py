@@ -11,39 +11,28 @@ import numpy as np
 
 from modelquant import metrics
 from modelquant.backends import Backend, bench, get_backend
+from modelquant.backends.bench import Opened, fixed_batch, open_session
 from modelquant.data import Dataset
 from modelquant.errors import StageError, UserError
 from modelquant.models import onnx_file
 from modelquant.recipe import EvaluateConfig
 from modelquant.report.model import BackendResult, BackendStatus, Deltas, ModelResult, Speedup
 
-EVAL_BATCH = 32
+DEFAULT_BATCH = 32
+"""Evaluation batch size when none is given (the recipe's `data.evaluation.batch_size` default)."""
 ROLES = ("baseline", "compressed")
+__all__ = [
+    "Opened",
+    "evaluate_model",
+    "evaluate_models",
+    "fixed_batch",
+    "open_session",
+    "predict",
+    "score",
+]
 
 
-def fixed_batch(session: Any) -> int | None:
-    """The batch size a session's first input is fixed to, or None when the batch is free."""
-    dim = session.get_inputs()[0].shape[0]
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-@dataclass
-class Opened:
-    """A session and the batch size it must be fed (None: any)."""
-
-    session: Any
-    batch: int | None
-
-
-def open_session(backend: Backend, path: Path, threads: int | None, batch: int) -> Opened:
-    """Open `path` on `backend`; static-shape backends get a free batch dimension set to `batch`."""
-    static = backend.static_shapes
-    session = backend.session(path, threads, batch_size=batch if static else None)
-    fixed = fixed_batch(session)
-    return Opened(session, fixed if fixed is not None else (batch if static else None))
-
-
-def predict(opened: Opened, data: Dataset, batch_size: int = EVAL_BATCH) -> np.ndarray:
+def predict(opened: Opened, data: Dataset, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
     """First output over the whole data set; a fixed-batch model gets its last batch padded."""
     names = [i.name for i in opened.session.get_inputs()]
     step = opened.batch or batch_size
@@ -56,6 +45,43 @@ def predict(opened: Opened, data: Dataset, batch_size: int = EVAL_BATCH) -> np.n
             feed = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feed.items()}
         outputs.append(opened.session.run(None, feed)[0][:n])
     return np.concatenate(outputs)
+
+
+def model_outputs(
+    path: Path,
+    data: Dataset,
+    backend: Backend,
+    *,
+    threads: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> np.ndarray:
+    """`path`'s first output over all of `data` on `backend`, fed `batch_size` samples a run."""
+    return predict(open_session(backend, path, threads, batch_size), data, batch_size)
+
+
+def _labels(data: Dataset) -> np.ndarray:
+    if data.labels is None:
+        raise UserError("evaluation data has no labels; classification accuracy needs them")
+    return data.labels
+
+
+def score(
+    model_path: Path,
+    data: Dataset,
+    backend: str | Backend = "cpu",
+    *,
+    threads: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> float:
+    """The task metric alone (top-1 accuracy) of one ONNX file on `data`: no latency, no size.
+
+    Cheap enough to call per layer (sensitivity analysis); `evaluate_models` is built on the same
+    pieces.
+    """
+    labels = _labels(data)
+    runner = get_backend(backend) if isinstance(backend, str) else backend
+    out = model_outputs(model_path, data, runner, threads=threads, batch_size=batch_size)
+    return metrics.top1(out, labels[: len(out)])
 
 
 def describe_model(path: Path, accuracy: float, metric: str) -> ModelResult:
@@ -96,40 +122,42 @@ def _npu_refusal(path: Path, batch: int) -> str | None:
     return f"the HTP refuses {len(refused)} node(s) of {path.name}: {listed}{more}"
 
 
-def evaluate_models(
-    baseline_path: Path,
-    compressed_path: Path,
+@dataclass
+class _Measured:
+    """Per role and backend: accuracy, parity and latency; cpu accuracy per role; speedups."""
+
+    results: dict[str, dict[str, BackendResult]]
+    reference: dict[str, float]
+    speedups: dict[str, dict[str, Speedup]]
+    agreement: float | None = None
+    variant_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+def _measure(
+    models: dict[str, Path],
     data: Dataset,
     cfg: EvaluateConfig,
     statuses: dict[str, BackendStatus],
-    variants: dict[str, Path] | None = None,
-    log: Callable[[str], None] = lambda _: None,
-    timer: bench.Timer | None = None,
-) -> Evaluation:
-    """Accuracy on every available backend (cpu is the reference), latency alternated in blocks.
-
-    A backend with a variant in `variants` (e.g. the static-shape NPU flavour) runs that file as
-    the compressed model; the variant is also scored on the CPU and compared with it (parity).
-    """
-    if data.labels is None:
-        raise UserError("evaluation data has no labels; classification accuracy needs them")
-    labels = data.labels
-    variants = variants or {}
-    results: dict[str, dict[str, BackendResult]] = {role: {} for role in ROLES}
-    variant_results: dict[str, dict[str, BackendResult]] = {b: {} for b in variants}
-    variant_accuracy: dict[str, float] = {}
-    reference: dict[str, float] = {}
-    agreement: float | None = None
-    speedups: dict[str, dict[str, Speedup]] = {}
+    variants: dict[str, Path],
+    log: Callable[[str], None],
+    timer: bench.Timer | None,
+    batch_size: int,
+) -> _Measured:
+    """Score every model on every available backend (cpu always: the reference) and time each
+    model once per backend and batch size through `bench.measure_latency`."""
+    labels = _labels(data)
+    measured = _Measured({role: {} for role in models}, {}, {})
     cpu = get_backend("cpu")
     cpu_outputs: dict[Path, np.ndarray] = {}  # every file's CPU outputs on all of `data`, once
 
     def on_cpu(path: Path) -> np.ndarray:
         if path not in cpu_outputs:
-            cpu_outputs[path] = predict(open_session(cpu, path, cfg.threads, EVAL_BATCH), data)
+            cpu_outputs[path] = model_outputs(
+                path, data, cpu, threads=cfg.threads, batch_size=batch_size
+            )
         return cpu_outputs[path]
 
-    for backend_name in dict.fromkeys(["cpu", *cfg.backends]):  # cpu always: the reference
+    for backend_name in dict.fromkeys(["cpu", *cfg.backends]):
         backend = get_backend(backend_name)
         ok, reason = backend.available()
         statuses[backend_name] = BackendStatus(
@@ -139,12 +167,12 @@ def evaluate_models(
             versions=backend.versions() if ok else {},
         )
         if not ok:
-            for role in ROLES:
-                results[role][backend_name] = BackendResult(skipped=reason)
+            for role in models:
+                measured.results[role][backend_name] = BackendResult(skipped=reason)
             continue
         paths = {
-            "baseline": baseline_path,
-            "compressed": variants.get(backend_name, compressed_path),
+            role: variants.get(backend_name, p) if role == "compressed" else p
+            for role, p in models.items()
         }
         samples = data.take(cfg.npu.samples) if backend_name == "npu" else data
         if backend_name == "npu":
@@ -153,15 +181,17 @@ def evaluate_models(
                 if cfg.npu.on_unsupported == "fail":
                     raise StageError("evaluate", "npu: " + "; ".join(refusals))
                 log(f"npu skipped: {'; '.join(refusals)}")
-                for role in ROLES:
-                    results[role][backend_name] = BackendResult(skipped="; ".join(refusals))
+                for role in models:
+                    measured.results[role][backend_name] = BackendResult(
+                        skipped="; ".join(refusals)
+                    )
                 continue
-        opened = {
-            role: open_session(backend, p, cfg.threads, EVAL_BATCH) for role, p in paths.items()
+        outputs = {
+            role: on_cpu(p)
+            if backend_name == "cpu"
+            else model_outputs(p, samples, backend, threads=cfg.threads, batch_size=batch_size)
+            for role, p in paths.items()
         }
-        outputs = {role: predict(o, samples) for role, o in opened.items()}
-        if backend_name == "cpu":
-            cpu_outputs.update({paths[role]: out for role, out in outputs.items()})
         for role, out in outputs.items():
             res = BackendResult(
                 accuracy=metrics.top1(out, labels[: len(out)]),
@@ -169,7 +199,7 @@ def evaluate_models(
                 execution_provider=backend.execution_provider,
                 samples=len(out),
             )
-            if paths[role] != (baseline_path if role == "baseline" else compressed_path):
+            if paths[role] != models[role]:
                 res.model = paths[role].name
             if backend_name != "cpu":
                 # Same file, same samples, on the reference CPU EP: where the numerics part.
@@ -177,81 +207,101 @@ def evaluate_models(
 
                 cpu_ref = on_cpu(paths[role])[: len(out)]
                 res.parity = parity(cpu_ref, out, output_scale(paths[role]))
-            results[role][backend_name] = res
+            measured.results[role][backend_name] = res
         if backend_name == "cpu":
-            reference = {role: results[role]["cpu"].accuracy or 0.0 for role in ROLES}
-            agreement = metrics.agreement(outputs["compressed"], outputs["baseline"])
-        if backend_name in variants:
-            variant_accuracy[backend_name] = metrics.top1(on_cpu(paths["compressed"]), labels)
-            variant_results[backend_name][backend_name] = results["compressed"][backend_name]
+            measured.reference = {
+                role: measured.results[role]["cpu"].accuracy or 0.0 for role in models
+            }
+            if "baseline" in outputs and "compressed" in outputs:
+                measured.agreement = metrics.agreement(outputs["compressed"], outputs["baseline"])
+        if backend_name in variants and "compressed" in paths:
+            measured.variant_accuracy[backend_name] = metrics.top1(
+                on_cpu(paths["compressed"]), labels
+            )
         if backend_name in cfg.backends:
-            speedups[backend_name] = _time(backend, paths, data, cfg, results, log, timer)
-            if not speedups[backend_name]:
-                del speedups[backend_name]
-    base = describe_model(baseline_path, reference["baseline"], metrics.TOP1.name)
-    comp = describe_model(compressed_path, reference["compressed"], metrics.TOP1.name)
-    base.backends = {k: v for k, v in results["baseline"].items() if k in cfg.backends}
-    comp.backends = {k: v for k, v in results["compressed"].items() if k in cfg.backends}
-    comp.agreement = agreement
+            latency = bench.measure_latency(
+                paths,
+                backend,
+                cfg.batch_sizes,
+                lambda session, bs: _feed(session, data.sample_batch(bs)),
+                cfg,
+                timer=timer,
+                log=log,
+            )
+            for role in paths:
+                measured.results[role][backend_name].latency_ms = latency.stats[role]
+                measured.results[role][backend_name].untimed = latency.untimed[role]
+            if latency.speedups:
+                measured.speedups[backend_name] = latency.speedups
+    return measured
+
+
+def _feed(session: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {i.name: batch[i.name] for i in session.get_inputs()}
+
+
+def evaluate_models(
+    baseline_path: Path,
+    compressed_path: Path,
+    data: Dataset,
+    cfg: EvaluateConfig,
+    statuses: dict[str, BackendStatus],
+    variants: dict[str, Path] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    timer: bench.Timer | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> Evaluation:
+    """Accuracy on every available backend (cpu is the reference), latency alternated in blocks.
+
+    A backend with a variant in `variants` (e.g. the static-shape NPU flavour) runs that file as
+    the compressed model; the variant is also scored on the CPU and compared with it (parity).
+    `batch_size` is what predictions are fed (the recipe's `data.evaluation.batch_size`).
+    """
+    variants = variants or {}
+    m = _measure(
+        {"baseline": baseline_path, "compressed": compressed_path},
+        data,
+        cfg,
+        statuses,
+        variants,
+        log,
+        timer,
+        batch_size,
+    )
+    base = describe_model(baseline_path, m.reference["baseline"], metrics.TOP1.name)
+    comp = describe_model(compressed_path, m.reference["compressed"], metrics.TOP1.name)
+    base.backends = {k: v for k, v in m.results["baseline"].items() if k in cfg.backends}
+    comp.backends = {k: v for k, v in m.results["compressed"].items() if k in cfg.backends}
+    comp.agreement = m.agreement
     described_variants = {}
     for backend_name, path in variants.items():
-        if backend_name not in variant_accuracy:  # its backend was skipped
+        if backend_name not in m.variant_accuracy:  # its backend was skipped
             continue
-        described = describe_model(path, variant_accuracy[backend_name], metrics.TOP1.name)
-        described.backends = variant_results[backend_name]
+        described = describe_model(path, m.variant_accuracy[backend_name], metrics.TOP1.name)
+        described.backends = {backend_name: m.results["compressed"][backend_name]}
         described_variants[backend_name] = described
     deltas = Deltas(
         accuracy_pt=(comp.accuracy - base.accuracy) * 100,
         size_ratio=comp.size_bytes / base.size_bytes,
         gzip_ratio=comp.gzip_bytes / base.gzip_bytes,
         params_ratio=comp.params / base.params if base.params else 1.0,
-        speedup=speedups,
+        speedup=m.speedups,
     )
     return Evaluation(base, comp, deltas, described_variants)
 
 
-def _time(
-    backend: Backend,
-    paths: dict[str, Path],
+def evaluate_model(
+    path: Path,
     data: Dataset,
     cfg: EvaluateConfig,
-    results: dict[str, dict[str, BackendResult]],
-    log: Callable[[str], None],
-    timer: bench.Timer | None,
-) -> dict[str, Speedup]:
-    """Latency per batch size, baseline and compressed alternated in blocks; their speedups."""
-    speedups: dict[str, Speedup] = {}
-    for bs in cfg.batch_sizes:
-        runs = {}
-        sample = data.sample_batch(bs)
-        for role, path in paths.items():
-            opened = open_session(backend, path, cfg.threads, bs)
-            if opened.batch is not None and opened.batch != bs:
-                results[role][backend.name].notes.append(
-                    f"batch {bs} not timed: {path.name} is fixed to batch {opened.batch}"
-                )
-                continue
-            feed: dict[str, Any] = {i.name: sample[i.name] for i in opened.session.get_inputs()}
-            runs[role] = lambda s=opened.session, f=feed: s.run(None, f)
-        if len(runs) < len(paths):
-            # One model alone gives no comparison; on an emulator it would cost minutes.
-            for role in runs:
-                results[role][backend.name].notes.append(
-                    f"batch {bs} not timed: the other model cannot run it here"
-                )
-            continue
-        log(f"timing {backend.name} batch {bs}: {', '.join(runs)}")
-        repeats = min(cfg.repeats, cfg.npu.repeats) if backend.emulated else cfg.repeats
-        timed = bench.time_alternating(
-            runs,
-            warmup=min(cfg.warmup, 2) if backend.emulated else cfg.warmup,
-            repeats=repeats,
-            block=min(cfg.block, repeats),
-            **({"timer": timer} if timer else {}),
-        )
-        for role, samples in timed.items():
-            results[role][backend.name].latency_ms[str(bs)] = bench.summarize(samples, cfg.threads)
-        if len(timed) == 2:
-            point, lo, hi = bench.speedup_interval(timed["baseline"], timed["compressed"])
-            speedups[str(bs)] = Speedup(value=point, ci95=(lo, hi))
-    return speedups
+    statuses: dict[str, BackendStatus],
+    log: Callable[[str], None] = lambda _: None,
+    timer: bench.Timer | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> ModelResult:
+    """One model alone (`modelquant evaluate -m`): accuracy per backend, each batch size timed
+    once, size and parameters."""
+    m = _measure({"model": path}, data, cfg, statuses, {}, log, timer, batch_size)
+    result = describe_model(path, m.reference["model"], metrics.TOP1.name)
+    result.backends = {k: v for k, v in m.results["model"].items() if k in cfg.backends}
+    return result

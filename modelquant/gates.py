@@ -22,7 +22,8 @@ def judge(
                 threshold=g.max_accuracy_drop,
                 value=drop,
                 passed=drop <= g.max_accuracy_drop + _EPS,
-                detail=f"accuracy {baseline.accuracy:.4f} -> {compressed.accuracy:.4f} (cpu)",
+                detail=f"accuracy {baseline.accuracy:.2%} -> {compressed.accuracy:.2%} (cpu)",
+                unit="fraction",
             )
         )
     if g.max_size_ratio is not None:
@@ -32,7 +33,8 @@ def judge(
                 threshold=g.max_size_ratio,
                 value=deltas.size_ratio,
                 passed=deltas.size_ratio <= g.max_size_ratio,
-                detail=f"{compressed.size_bytes} / {baseline.size_bytes} bytes",
+                detail=f"{compressed.size_bytes:,} / {baseline.size_bytes:,} bytes",
+                unit="ratio",
             )
         )
     batch = str(g.speedup_batch_size or max(recipe.evaluate.batch_sizes))
@@ -49,6 +51,7 @@ def judge(
                     value=None,
                     passed=False,
                     detail=f"not measured: {why}",
+                    unit="speedup",
                 )
             )
             continue
@@ -63,6 +66,7 @@ def judge(
                     f"batch {batch}: speedup {speed.value:.2f}x, 95% CI "
                     f"[{speed.ci95[0]:.2f}, {speed.ci95[1]:.2f}]; gated on the lower bound"
                 ),
+                unit="speedup",
             )
         )
     return gates

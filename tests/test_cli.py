@@ -270,11 +270,15 @@ def test_benchmark_two_models(write_recipe: Callable[..., Path], tmp_path: Path)
         ],
     )
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)["backends"]["cpu"]["batch"]
-    assert set(rows) == {"1", "4"}
-    speed = rows["4"]["speedup"]
+    measured = json.loads(result.stdout)
+    assert measured["models"]["baseline"] == str(out / "baseline.onnx")
+    cpu = measured["backends"]["cpu"]
+    assert set(cpu["speedup"]) == {"1", "4"}
+    speed = cpu["speedup"]["4"]
     assert speed["ci95"][0] <= speed["value"] <= speed["ci95"][1]
-    assert rows["1"][str(out / "baseline.onnx")]["runs"] == 6
+    # the same LatencyStats shape as report.json
+    stats = cpu["latency_ms"]["baseline"]["1"]
+    assert stats["runs"] == 6 and stats["threads"] == 1 and stats["blocks"] == 2
 
 
 def test_benchmark_bad_input_exits_2(tmp_path: Path) -> None:

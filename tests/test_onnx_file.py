@@ -53,3 +53,72 @@ def test_param_counts_see_zeros(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     onnx.save_model(_model(weights), str(path))
     assert onnx_file.param_counts(path) == (64 * 64, 64 * 48)
+
+
+def test_param_counts_agree_across_quantization_formats(tmp_path: Path) -> None:
+    """QDQ, QOperator (QLinearConv, QGemm) and dynamic (ConvInteger, MatMulInteger) INT8 files of
+    one model hold the same weights: their counts must match the float model's."""
+    import logging
+    import warnings
+
+    import torch
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    from tests.tiny_models import build
+
+    model = build().eval()
+    with torch.no_grad():
+        model.classifier[1].weight[:8] = 0  # 8 of 16 rows pruned: 8 x 64 zeros
+    fp32 = tmp_path / "fp32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 8, 8),),
+            str(fp32),
+            input_names=["input"],
+            dynamic_axes={"input": {0: "batch"}},
+            dynamo=False,
+        )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.batches = iter(
+                [{"input": rng.random((4, 1, 8, 8), dtype=np.float32)} for _ in range(2)]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    files = {fmt: tmp_path / f"{fmt}.onnx" for fmt in ("qdq", "qoperator", "dynamic")}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization's pre-processing advice
+    try:
+        for fmt in ("qdq", "qoperator"):
+            quantize_static(
+                str(fp32),
+                str(files[fmt]),
+                Reader(),
+                quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                per_channel=True,
+            )
+        quantize_dynamic(str(fp32), str(files["dynamic"]), per_channel=True)
+    finally:
+        root.setLevel(level)
+    ops = {fmt: {n.op_type for n in onnx.load(str(f)).graph.node} for fmt, f in files.items()}
+    assert {"QLinearConv", "QGemm"} <= ops["qoperator"]
+    assert {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"} <= ops["dynamic"]
+    params, nonzero = onnx_file.param_counts(fp32)
+    assert params == sum(p.numel() for p in model.parameters())
+    assert nonzero == params - 8 * 64
+    for fmt, path in files.items():
+        q_params, q_nonzero = onnx_file.param_counts(path)
+        assert q_params == params, fmt
+        assert q_nonzero <= nonzero, fmt  # the pruned zeros stay zero (at the zero point)

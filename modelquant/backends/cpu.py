@@ -28,4 +28,12 @@ class CpuBackend(Backend):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        no_spinning(options)
         return ort.InferenceSession(str(path), options, providers=[self.execution_provider])
+
+
+def no_spinning(options: Any) -> None:
+    """Idle pool threads sleep instead of spinning: two sessions timed in alternation (or a
+    neighbour's process) would otherwise lose cores to the one that just stopped running."""
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from modelquant.backends import Backend
+from modelquant.backends.cpu import no_spinning
 from modelquant.environment import package_version
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -73,6 +74,7 @@ class CudaBackend(Backend):
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        no_spinning(options)
         available = ort.get_available_providers()
         wanted = [
             ep for ep in GPU_EPS if ep in available and (ep != TENSORRT_EP or self.use_tensorrt)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from modelquant.backends import Backend
+from modelquant.backends.cpu import no_spinning
 
 EP_NAME = "QNNExecutionProvider"
 INSTALL_HINT = "install modelquant[npu] (onnxruntime-qnn)"
@@ -289,6 +290,7 @@ def _session_options(
         options.inter_op_num_threads = 1
     # A refused graph makes onnxruntime log red ERROR lines; the exception we raise says it all.
     options.log_severity_level = 4 if strict else 3
+    no_spinning(options)
     return options
 
 

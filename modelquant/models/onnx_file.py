@@ -119,38 +119,84 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+# Integer-weight ops: op type -> ((weight input, its zero point input or None, channel axis), ...)
+# and the inputs that are scales or zero points (never parameters). Axis None: read `transB`.
+_INTEGER_WEIGHTS: dict[
+    str, tuple[tuple[tuple[int, int | None, int | None], ...], tuple[int, ...]]
+] = {
+    "QLinearConv": (((3, 5, 0), (8, None, 0)), (1, 2, 4, 5, 6, 7)),
+    "QLinearMatMul": (((0, 2, 0), (3, 5, -1)), (1, 2, 4, 5, 6, 7)),
+    "QGemm": (((3, 5, None), (6, None, 0)), (1, 2, 4, 5, 7, 8)),
+    "ConvInteger": (((1, 3, 0),), (2, 3)),
+    "MatMulInteger": (((0, 2, 0), (1, 3, -1)), (2, 3)),
+    "QLinearAdd": (((0, 2, 0), (3, 5, 0)), (1, 2, 4, 5, 6, 7)),
+    "QLinearMul": (((0, 2, 0), (3, 5, 0)), (1, 2, 4, 5, 6, 7)),
+}
+
+
+def _attr(node, name: str, default: int) -> int:  # type: ignore[no-untyped-def]
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
 def param_counts(path: Path) -> tuple[int, int]:
     """(parameters, non-zero parameters) of the model's weights.
 
-    Weights are float initializers with at least one dimension and quantized initializers that a
-    DequantizeLinear reads; scales, zero points and shape constants are not parameters. A quantized
-    weight is zero where it equals its zero point.
+    Weights are float initializers with at least two values, quantized initializers that a
+    DequantizeLinear reads (QDQ), and integer initializers that integer ops read as weights or
+    biases (QOperator: QLinearConv, QLinearMatMul, QGemm, ...; dynamic: ConvInteger,
+    MatMulInteger), so one model counts the same in every quantization format. Scales, zero
+    points and shape constants are not parameters; neither is a weight scale that a dynamic graph
+    multiplies with DynamicQuantizeLinear's activation scale. A quantized weight is zero where it
+    equals its zero point.
     """
     from onnx import numpy_helper
 
     model = _load(path, with_data=True)
     inits = {t.name: t for t in model.graph.initializer}
     qparams: set[str] = set()
-    dequantized: dict[str, tuple[str | None, int]] = {}
+    # weight name -> (its zero point's name or None, channel axis of a per-channel zero point)
+    quantized: dict[str, tuple[str | None, int]] = {}
+
+    def arg(node, i: int) -> str:  # type: ignore[no-untyped-def]
+        return node.input[i] if i < len(node.input) else ""
+
+    dynamic_scales = {
+        node.output[1]
+        for node in model.graph.node
+        if node.op_type == "DynamicQuantizeLinear" and len(node.output) > 1
+    }
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             qparams.update(node.input[1:])
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            dequantized[node.input[0]] = (node.input[2] if len(node.input) > 2 else None, axis)
+            zp = arg(node, 2) or None
+            quantized[node.input[0]] = (zp, _attr(node, "axis", 1))
+        if node.op_type == "Mul" and dynamic_scales.intersection(node.input):
+            qparams.update(n for n in node.input if n in inits)
+        if node.op_type in _INTEGER_WEIGHTS:
+            weights, scales = _INTEGER_WEIGHTS[node.op_type]
+            qparams.update(arg(node, i) for i in scales)
+            for w, zp_index, axis in weights:
+                name = arg(node, w)
+                if name not in inits:
+                    continue
+                if axis is None:  # QGemm's B: (K, N), or (N, K) when transposed
+                    axis = 0 if _attr(node, "transB", 0) else 1
+                zp = (arg(node, zp_index) or None) if zp_index is not None else None
+                quantized[name] = (zp, axis)
     total = nonzero = 0
     for name, tensor in inits.items():
-        if name in qparams and name not in dequantized:
+        if name in qparams and name not in quantized:
             continue
         values = numpy_helper.to_array(tensor)
-        if name in dequantized:
-            zp_name, axis = dequantized[name]
+        if name in quantized:
+            zp_name, axis = quantized[name]
             zero = numpy_helper.to_array(inits[zp_name]) if zp_name in inits else np.zeros(1)
             if zero.ndim == 1 and zero.size > 1 and values.ndim > 1:  # per-channel along `axis`
                 shape = [1] * values.ndim
                 shape[axis % values.ndim] = zero.size
                 zero = zero.reshape(shape)
-            nz = int(np.count_nonzero(values.astype(np.int32) != zero.astype(np.int32)))
+            nz = int(np.count_nonzero(values.astype(np.int64) != zero.astype(np.int64)))
         elif values.dtype.kind == "f" and values.ndim >= 1 and values.size > 1:
             nz = int(np.count_nonzero(values))
         else:

@@ -37,6 +37,7 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
         env.backends,
         variants,
         pipeline.log,
+        batch_size=recipe.data.evaluation.batch_size,
     )
     base, comp, deltas = measured.baseline, measured.compressed, measured.deltas
     base.path = published["baseline"]

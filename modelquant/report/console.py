@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelquant.report.model import Report
-from modelquant.report.rows import comparison_rows, stage_notes
+from modelquant.report.rows import comparison_rows, gate_cells, stage_notes
 
 
 def render_console(report: Report, console: Console) -> None:
@@ -32,10 +32,11 @@ def render_console(report: Report, console: Console) -> None:
         for col in ("gate", "threshold", "value", "result", "detail"):
             gates.add_column(col)
         for g in report.gates:
+            threshold, value = gate_cells(g)
             gates.add_row(
                 g.name,
-                f"{g.threshold:g}",
-                "-" if g.value is None else f"{g.value:.4g}",
+                threshold,
+                value,
                 "[green]pass[/]" if g.passed else "[red]FAIL[/]",
                 escape(g.detail),
             )

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from modelquant.report import register_renderer
 from modelquant.report.model import Report
-from modelquant.report.rows import comparison_rows, stage_notes
+from modelquant.report.rows import comparison_rows, gate_cells, stage_notes
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _threads(report: Report) -> str:
+    """The thread count the timed sessions ran with, and where it comes from."""
+    for result in (report.baseline, report.compressed):
+        for backend in result.backends.values():
+            for stats in backend.latency_ms.values():
+                if stats.threads is not None:
+                    source = f" ({stats.threads_source})" if stats.threads_source else ""
+                    return f"{stats.threads}{source}"
+    return ""
 
 
 @register_renderer("md", "report.md")
@@ -25,8 +36,9 @@ def render_markdown(report: Report) -> str:
         "",
         _table(["", "baseline", "compressed", "delta"], [list(r) for r in comparison_rows(report)]),
         "",
-        "Speedup is baseline p50 / compressed p50 with its 95 % bootstrap interval; models were "
-        "timed in one process, alternating in blocks.",
+        "Speedup is baseline p50 / compressed p50 with its 95 % interval; models were timed in "
+        "one process, alternating in blocks, each block's first (cold) run left out, and the "
+        "intervals bootstrapped over pairs of side-by-side blocks.",
         "",
         "## Stages",
         "",
@@ -50,8 +62,7 @@ def render_markdown(report: Report) -> str:
             [
                 [
                     g.name,
-                    f"{g.threshold:g}",
-                    "-" if g.value is None else f"{g.value:.4g}",
+                    *gate_cells(g),
                     "yes" if g.passed else "**no**",
                     g.detail,
                 ]
@@ -66,6 +77,9 @@ def render_markdown(report: Report) -> str:
         f"- CPU: {env.cpu} ({env.cores} cores); flags: {', '.join(env.cpu_flags) or 'none found'}",
         f"- python {env.python}, torch {env.torch}, onnx {env.onnx}, onnxruntime {env.onnxruntime}",
     ]
+    threads = _threads(report)
+    if threads:
+        parts.append(f"- intra-op threads: {threads}")
     for name, status in env.backends.items():
         state = "available" if status.available else f"unavailable: {status.reason}"
         parts.append(f"- backend {name}: {state}")

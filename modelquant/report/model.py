@@ -16,8 +16,20 @@ class LatencyStats(_Model):
     p90: float
     mean: float
     runs: int
-    ci95: tuple[float, float] = Field(description="95 % bootstrap interval of the median (ms).")
-    threads: int | None = Field(None, description="Intra-op threads (None: runtime default).")
+    ci95: tuple[float, float] = Field(
+        description="95 % interval of the median (ms), bootstrapped over whole blocks of runs."
+    )
+    threads: int | None = Field(
+        None, description="Intra-op threads the session ran with (None: not known)."
+    )
+    threads_source: str = Field(
+        "", description="Where `threads` comes from: set by the user, or onnxruntime's default."
+    )
+    blocks: int | None = Field(None, description="Blocks the runs were timed in.")
+    cold_p50: float | None = Field(
+        None,
+        description="Median ms of each block's first run (after the other model ran); not used.",
+    )
 
 
 class BackendResult(_Model):
@@ -28,6 +40,9 @@ class BackendResult(_Model):
     execution_provider: str | None = None
     skipped: str | None = None
     notes: list[str] = Field(default_factory=list)
+    untimed: dict[str, str] = Field(
+        default_factory=dict, description="Batch size (as a string) -> why it was not timed."
+    )
     samples: int | None = Field(None, description="Evaluation samples the accuracy is over.")
     model: str | None = Field(
         None, description="The file that ran here when it is a backend variant of the model."
@@ -73,6 +88,11 @@ class Gate(_Model):
     value: float | None
     passed: bool
     detail: str = ""
+    unit: Literal["fraction", "ratio", "speedup", ""] = Field(
+        "",
+        description="What threshold and value measure: fraction (accuracy, shown in points), "
+        "ratio (size), speedup (times faster).",
+    )
 
 
 class StageEntry(_Model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelquant.report.model import ModelResult, Report
+from modelquant.report.model import Gate, ModelResult, Report, Speedup
 
 
 def fmt_bytes(n: int) -> str:
@@ -15,17 +15,59 @@ def fmt_bytes(n: int) -> str:
     return str(n)
 
 
+def fmt_ms(ms: float) -> str:
+    """Milliseconds to three significant digits (at least one decimal below 100 ms)."""
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def fmt_speedup(speed: Speedup) -> str:
+    return f"{speed.value:.2f}x [{speed.ci95[0]:.2f}, {speed.ci95[1]:.2f}]"
+
+
+def fmt_points(fraction: float) -> str:
+    """An accuracy fraction (0.0067) in points (0.67 pt)."""
+    return f"{fraction * 100:.2f} pt"
+
+
+def fmt_gate(gate: Gate, value: float) -> str:
+    """A gate's threshold or value in its unit, rounded for people (JSON keeps full precision)."""
+    if gate.unit == "fraction":
+        return fmt_points(value)
+    if gate.unit == "ratio":
+        return f"{value:.3f}x"
+    if gate.unit == "speedup":
+        return f"{value:.2f}x"
+    return f"{value:.4g}"
+
+
+def gate_cells(gate: Gate) -> tuple[str, str]:
+    """(threshold, value) cells; a gate without a value says it was not measured (the detail
+    says why)."""
+    value = "not measured" if gate.value is None else fmt_gate(gate, gate.value)
+    return fmt_gate(gate, gate.threshold), value
+
+
 def _latency(result: ModelResult, backend: str, bs: str) -> str:
     entry = result.backends.get(backend)
-    if entry is None or entry.skipped:
-        return "skipped"
+    if entry is None:
+        return f"not run: {backend} not evaluated"
+    if entry.skipped:
+        return f"skipped: {entry.skipped}"
     lat = entry.latency_ms.get(bs)
-    return "-" if lat is None else f"{lat.p50:.3f} ms (p90 {lat.p90:.3f})"
+    if lat is None:
+        return entry.untimed.get(bs, "not timed")
+    return f"{fmt_ms(lat.p50)} ms (p90 {fmt_ms(lat.p90)})"
 
 
 def _parity(parity: dict[str, Any] | None) -> str:
     if not parity:
-        return "-"
+        return "not measured"
     text = f"max |diff| {parity['max_abs_diff']:.3g}"
     if parity.get("max_steps") is not None:
         text += f" ({parity['max_steps']:.0f} steps)"
@@ -34,20 +76,34 @@ def _parity(parity: dict[str, Any] | None) -> str:
     return text
 
 
+MAX_LISTED = 5
+
+
+def fmt_list(values: list[Any]) -> str:
+    """Names, up to MAX_LISTED of them, then "+N more"; "none" when empty."""
+    if not values:
+        return "none"
+    shown = ", ".join(map(str, values[:MAX_LISTED]))
+    more = len(values) - MAX_LISTED
+    return f"{shown} +{more} more" if more > 0 else shown
+
+
 def stage_notes(settings: dict[str, Any], details: dict[str, Any]) -> str:
-    """What a stage reported beyond its settings, as short key=value pairs."""
+    """What a stage reported beyond its settings, as short key: value pairs."""
     parts = []
     for key, value in details.items():
         if key in settings and settings[key] == value:
             continue
         if isinstance(value, dict):
             value = ", ".join(
-                f"{k}={v}" for k, v in value.items() if not isinstance(v, dict | list)
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in value.items()
+                if not isinstance(v, dict | list)
             )
         elif isinstance(value, float):
             value = f"{value:.3g}"
         elif isinstance(value, list):
-            value = f"[{len(value)}]" if len(value) > 3 else ", ".join(map(str, value)) or "none"
+            value = fmt_list(value)
         parts.append(f"{key}: {value}")
     return "; ".join(parts)
 
@@ -72,7 +128,7 @@ def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
         ),
     ]
     if c.agreement is not None:
-        rows.append(("agrees with baseline", "", f"{c.agreement:.2%}", ""))
+        rows.append(("agrees with baseline", "n/a: the reference", f"{c.agreement:.2%}", ""))
     for backend in report.recipe.get("evaluate", {}).get("backends", []):
         entry = c.backends.get(backend)
         if entry is not None and entry.skipped:
@@ -80,29 +136,28 @@ def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
             continue
         label = f"{backend} (emulated)" if entry is not None and entry.emulated else backend
         if backend != "cpu" and entry is not None and entry.accuracy is not None:
-            base_acc = b.backends[backend].accuracy or 0.0
+            base_entry = b.backends.get(backend)
+            base_acc = base_entry.accuracy if base_entry is not None else None
             ran = f" ({entry.model})" if entry.model else ""
             rows.append(
                 (
                     f"top1 on {label}",
-                    f"{base_acc:.2%}",
+                    "not scored" if base_acc is None else f"{base_acc:.2%}",
                     f"{entry.accuracy:.2%}{ran}",
-                    f"{(entry.accuracy - base_acc) * 100:+.2f} pt",
+                    "" if base_acc is None else f"{(entry.accuracy - base_acc) * 100:+.2f} pt",
                 )
             )
             rows.append(
                 (
                     f"{backend} vs cpu, same file",
-                    _parity(b.backends[backend].parity),
+                    _parity(base_entry.parity if base_entry is not None else None),
                     _parity(entry.parity),
                     "",
                 )
             )
         for bs in report.recipe.get("evaluate", {}).get("batch_sizes", []):
             speed = d.speedup.get(backend, {}).get(str(bs))
-            delta = (
-                f"{speed.value:.2f}x [{speed.ci95[0]:.2f}, {speed.ci95[1]:.2f}]" if speed else ""
-            )
+            delta = fmt_speedup(speed) if speed else "no speedup: not timed for both"
             rows.append(
                 (
                     f"{label} p50, batch {bs}",
