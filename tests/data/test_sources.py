@@ -45,11 +45,11 @@ def test_builtin_sources_and_their_splits() -> None:
     from modelquant.data import sources
 
     registered = sources.registered_data_sources()
-    assert {"digits", "npz"} <= set(registered)
+    assert {"digits", "npz", "csv"} <= set(registered)
     assert registered["digits"].splits is not None and "test" in registered["digits"].splits
-    assert registered["npz"].splits is None
+    assert registered["npz"].splits is None and registered["csv"].splits is None
     help_text = DataSpec.model_fields["source"].description or ""
-    for name in ("digits", "npz"):
+    for name in ("digits", "npz", "csv"):
         assert name in help_text
 
 
