@@ -108,6 +108,10 @@ class Pipeline:
             lines.append(
                 f"stage {i}: {stage.name} {json.dumps(settings) if settings else ''}".rstrip()
             )
+        from modelquant.data.checks import check_recipe_data
+
+        entries = {role: (self.data_spec(role), self.data(role)) for role in roles}
+        self._data.update(check_recipe_data(self.recipe, self.base_dirs, entries, self.log))
         for role in sorted(roles):
             data = self.data(role)
             lines.append(f"data.{role}: {data.description}, {len(data)} samples")
