@@ -27,7 +27,6 @@ from modelquant.errors import UserError
 from modelquant.models.spec import ModelSpec
 from modelquant.stages.base import StageConfig, registered_stages
 
-DATA_SOURCES = ("digits", "npz")
 EMULATED_BACKENDS = ("npu",)
 
 
@@ -35,27 +34,83 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _data_sources_help() -> str:
+    from modelquant.data.sources import registered_data_sources
+
+    return "; ".join(
+        f"{n} ({s.description.rstrip('.')})" for n, s in registered_data_sources().items()
+    )
+
+
+def _data_splits_help() -> str:
+    from modelquant.data.sources import registered_data_sources
+
+    with_splits = [(n, s.splits) for n, s in registered_data_sources().items() if s.splits]
+    return "; ".join(f"{n}: {', '.join(splits)}" for n, splits in with_splits)
+
+
 class DataSpec(_Strict):
     """One data entry: a source and what to read from it."""
 
-    source: str = Field(description=f"Data source: one of {', '.join(DATA_SOURCES)}.")
-    split: Literal["train", "test", "all"] | None = Field(
-        None, description="Split of a built-in data set (digits: train, test or all)."
+    source: str = Field(description=f"Data source: {_data_sources_help()}.")
+    split: str | None = Field(
+        None,
+        description=f"Split of a source that has splits ({_data_splits_help()}); required there.",
     )
-    path: Path | None = Field(None, description="File for file sources (npz).")
+    path: Path | None = Field(None, description="File for file sources (npz, csv).")
     inputs: list[str] | None = Field(
-        None, description="Names of the arrays fed to the model (default: all but labels)."
+        None,
+        description="Arrays (npz) or columns (csv) fed to the model (default: all but labels).",
     )
-    labels: str | None = Field(None, description="Name of the labels array (default: 'labels').")
+    labels: str | None = Field(
+        None, description="Name of the labels array or column (default: 'labels' if present)."
+    )
+    input_name: str | None = Field(
+        None,
+        description="csv: name of the one input array the feature columns form (default: "
+        "'input'; a model with one input gets it whatever its name).",
+    )
     samples: int | None = Field(None, gt=0, description="Read at most this many samples.")
     batch_size: int = Field(32, gt=0, description="Batch size for calibration and evaluation.")
+    allow_overlap: bool = Field(
+        False,
+        description="Allow this entry to share rows with data.evaluation (refused by default: "
+        "a report must not gate on data it was tuned on).",
+    )
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
-        if v not in DATA_SOURCES:
-            raise ValueError(_unknown("data source", v, DATA_SOURCES))
+        from modelquant.data.sources import registered_data_sources
+
+        sources = registered_data_sources()
+        if v not in sources:
+            raise ValueError(_unknown("data source", v, sources))
         return v
+
+    @model_validator(mode="after")
+    def _fits_source(self) -> DataSpec:
+        from modelquant.data.sources import COMMON_FIELDS, registered_data_sources
+
+        source = registered_data_sources()[self.source]
+        if source.splits is None and self.split is not None:
+            raise ValueError(f"source {self.source} has no splits; remove split: {self.split}")
+        if source.splits is not None and self.split not in source.splits:
+            got = "no split" if self.split is None else f"split '{self.split}'"
+            raise ValueError(
+                f"source {self.source} needs split: one of {', '.join(source.splits)} (got {got})"
+            )
+        ignored = sorted(
+            name
+            for name in self.model_fields_set - COMMON_FIELDS - source.fields
+            if getattr(self, name) is not None
+        )
+        if ignored:
+            raise ValueError(
+                f"source {self.source} does not read {', '.join(ignored)}; remove it"
+                + (f" (it reads {', '.join(sorted(source.fields))})" if source.fields else "")
+            )
+        return self
 
 
 class DataSection(_Strict):

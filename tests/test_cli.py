@@ -291,7 +291,7 @@ def test_error_text_in_brackets_survives_the_console(tmp_path: Path) -> None:
     """Messages such as 'install modelquant[npu]' must not lose their brackets to rich markup."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "name: x\nmodel: {factory: 'a:b'}\ndata: {evaluation: {source: digits}}\n"
+        "name: x\nmodel: {factory: 'a:b'}\ndata: {evaluation: {source: digits, split: test}}\n"
         "evaluate: {backends: ['gpu[0]']}\n"
     )
     result = runner.invoke(app, ["recipes", "validate", str(bad)])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,8 @@ class Dataset:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     description: str = ""
+    _memo: dict[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """Computed-once values (the content hash); a dict so that the frozen instance can fill it."""
 
     def __post_init__(self) -> None:
         counts = {name: len(a) for name, a in self.inputs.items()}
@@ -40,6 +43,23 @@ class Dataset:
     @property
     def input_names(self) -> list[str]:
         return list(self.inputs)
+
+    def content_hash(self) -> str:
+        """sha256 of the inputs (order, names, dtypes, shapes, bytes) and labels; computed once.
+
+        The description is left out: the same arrays from two places are the same data.
+        """
+        if "content_hash" not in self._memo:
+            digest = hashlib.sha256()
+            arrays = [(f"input:{n}", a) for n, a in self.inputs.items()]
+            if self.labels is not None:
+                arrays.append(("labels", self.labels))
+            for name, array in arrays:
+                a = np.ascontiguousarray(array)
+                digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+                digest.update(a.reshape(-1).view(np.uint8).data)
+            self._memo["content_hash"] = digest.hexdigest()
+        return self._memo["content_hash"]
 
     def take(self, samples: int | None) -> Dataset:
         """The first `samples` rows (all when None)."""
@@ -68,12 +88,13 @@ class Dataset:
 
 def load_dataset(spec: DataSpec, base_dir: Path) -> Dataset:
     """Open the data a recipe's data entry names; errors name the entry and how to fix it."""
-    from modelquant.data import digits, npz
+    from modelquant.data.sources import registered_data_sources
 
-    if spec.source == "digits":
-        data = digits.load(spec.split)
-    elif spec.source == "npz":
-        data = npz.load(spec, base_dir)
-    else:  # the recipe validator already limits the names; this guards future sources
+    source = registered_data_sources().get(spec.source)
+    if source is None:  # the recipe validator already limits the names
         raise UserError(f"unknown data source '{spec.source}'")
-    return data.take(spec.samples)
+    return source.load(spec, base_dir).take(spec.samples)
+
+
+# Each module registers its source (`@register_data_source`); they import Dataset from above.
+from modelquant.data import digits, npz, csv_table  # noqa: E402, F401, I001

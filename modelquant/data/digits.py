@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from modelquant.data import Dataset
+from modelquant.data.sources import register_data_source
 from modelquant.errors import UserError
+
+if TYPE_CHECKING:
+    from modelquant.recipe import DataSpec
 
 INPUT_NAME = "input"
 # Fixed split, independent of the recipe seed, so every run and the example's trainer agree on it.
@@ -41,3 +47,9 @@ def load(split: str | None) -> Dataset:
     else:
         raise UserError(f"the digits source needs split: train, test or all (got {split!r})")
     return Dataset({INPUT_NAME: x}, y, f"digits:{split}")
+
+
+@register_data_source("digits", splits=("train", "test", "all"))
+def load_source(spec: DataSpec, base_dir: Path) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits: 10 classes, fixed train/test split."""
+    return load(spec.split)

@@ -9,18 +9,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from modelquant.data import Dataset
+from modelquant.data.sources import data_file, register_data_source
 from modelquant.errors import UserError
 
 if TYPE_CHECKING:
     from modelquant.recipe import DataSpec
 
 
+@register_data_source("npz", fields=("path", "inputs", "labels"))
 def load(spec: DataSpec, base_dir: Path) -> Dataset:
-    if spec.path is None:
-        raise UserError("the npz source needs path: <file.npz>")
-    path = spec.path if spec.path.is_absolute() else base_dir / spec.path
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
+    """A numpy .npz file of named arrays (path; inputs: [names]; labels: name)."""
+    path = data_file(spec, base_dir, "npz")
     try:
         # allow_pickle=False: an .npz holding object arrays could run code when loaded.
         with np.load(path, allow_pickle=False) as archive:

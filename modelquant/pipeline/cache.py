@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,6 @@ from modelquant import __version__
 if TYPE_CHECKING:
     import torch
 
-    from modelquant.data import Dataset
     from modelquant.stages import Stage, StageContext
     from modelquant.state import ModelState, StageRecord
 
@@ -111,21 +110,6 @@ def _byte_dtype() -> Any:
     import torch
 
     return torch.uint8
-
-
-def dataset_hash(data: Dataset) -> str:
-    """Hash of a data set's content: every input array (name, dtype, shape, bytes) and labels."""
-    import numpy as np
-
-    digest = hashlib.sha256()
-    arrays: Iterable[tuple[str, Any]] = [*data.inputs.items(), ("<labels>", data.labels)]
-    for name, array in arrays:
-        if array is None:
-            continue
-        a = np.ascontiguousarray(array)
-        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()
 
 
 def state_content_hash(state: ModelState) -> str:

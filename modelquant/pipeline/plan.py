@@ -12,6 +12,7 @@ from modelquant.data import Dataset, load_dataset
 from modelquant.errors import UserError
 from modelquant.recipe import DataSpec, Recipe
 from modelquant.stages import Stage, registered_stages
+from modelquant.state import ModelState
 
 DATA_ROLES = ("train", "calibration", "validation", "evaluation")
 
@@ -30,6 +31,15 @@ class Plan:
         ]
         self.targets: tuple[str, ...] = tuple(recipe.evaluate.backends)
         self._data: dict[str, Dataset] = {}
+        self._model: ModelState | None = None
+
+    def model(self) -> ModelState:
+        """The model as the recipe names it, loaded once (the data checks and the run share it)."""
+        from modelquant.models import load_model
+
+        if self._model is None:
+            self._model = load_model(self.recipe.model, list(self.base_dirs))
+        return self._model
 
     # ------------------------------------------------------------------ data
     def data_spec(self, role: str) -> DataSpec | None:
@@ -76,12 +86,46 @@ class Plan:
         lines = [f"model: {self.recipe.model.factory or self.recipe.model.onnx}"]
         lines += self._check_chain()
         self._check_packages()
+        self._check_data()
         for role in self.roles():
             data = self.data(role)
             lines.append(f"data.{role}: {data.description}, {len(data)} samples")
         ev = self.recipe.evaluate
         lines.append(f"evaluate: backends {', '.join(ev.backends)}; batch sizes {ev.batch_sizes}")
         return lines
+
+    def _check_data(self) -> None:
+        """Every data entry the run reads, checked against the model (cast or renamed where that
+        is safe), then for overlap with the evaluation data."""
+        from modelquant.data.checks import (
+            ModelSignature,
+            check_against_model,
+            check_overlap,
+            entry_names,
+        )
+
+        model = self.model()
+        signature = (
+            ModelSignature.from_onnx(model.onnx_path)
+            if model.onnx_path is not None
+            else ModelSignature.from_torch(model.module)
+        )
+        roles = self.roles()
+        names = entry_names(self.recipe, roles)
+        # Evaluation first: a torch model's ONNX export takes its input names from that data.
+        for role in sorted(roles, key=lambda r: r != "evaluation"):
+            self._data[role] = check_against_model(
+                role, self.data(role), signature, self.recipe.task, self.log, entry=names[role]
+            )
+            if role == "evaluation":
+                signature = signature.named_after(self._data[role])
+        own = [r for r in roles if r != "validation" or self.recipe.data.validation is not None]
+        check_overlap({r: (self._spec(r), self._data[r]) for r in own}, names)
+
+    def _spec(self, role: str) -> DataSpec:
+        spec = self.data_spec(role)
+        assert spec is not None
+        return spec
 
     def _check_chain(self) -> list[str]:
         onnx_model = self.recipe.model.onnx is not None

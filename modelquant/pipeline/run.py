@@ -95,7 +95,7 @@ class Pipeline:
             previous,
             cache.module_hash(state.module),
             cfg.model_dump(mode="json"),
-            cache.dataset_hash(self.plan.data("evaluation")),
+            self.plan.data("evaluation").content_hash(),
             cache.library_versions(),
         )
         entry = self.cache.root / f"{label}-{key[:16]}"
@@ -137,12 +137,12 @@ class Pipeline:
 
     def run_stages(self) -> StagesResult:
         """Check, load the model, run every stage (or take it from the cache) and publish."""
-        from modelquant.models import load_model, model_key
+        from modelquant.models import model_key
 
         self.check()
         self.artifacts.prepare()
         with step("loading the model"):
-            loaded = load_model(self.recipe.model, list(self.base_dirs))
+            loaded = self.plan.model()
             key = model_key(self.recipe.model, list(self.base_dirs))
         with step("exporting the baseline"):
             if loaded.onnx_path is not None:
@@ -162,7 +162,7 @@ class Pipeline:
                     cache.state_content_hash(state),
                     stage,
                     ctx,
-                    {r: cache.dataset_hash(self.plan.data(r)) for r in stage.data_roles},
+                    {r: self.plan.data(r).content_hash() for r in stage.data_roles},
                 )
                 state = self._run_stage(i, stage, state, ctx, key)
             if stage.produces == "onnx" and state.onnx_path is not None:
