@@ -101,6 +101,8 @@ def calibration_reader(
     missing = [n for n in names if n not in data.inputs]
     if missing:
         raise UserError(f"calibration data has no input(s) {missing} that the model takes")
+    if batch_size is None:
+        batch_size = _fixed_batch(model)
     batch = batch_size if batch_size is not None else min(spec.batch_size, len(data))
     reader = CalibrationReader(data, max(batch, 1), names)
     if len(reader) == 0:
@@ -108,6 +110,23 @@ def calibration_reader(
             f"calibration data has {len(data)} sample(s), fewer than one batch of {batch}"
         )
     return reader
+
+
+def _fixed_batch(model: Path) -> int | None:
+    """The batch size a model's first input is fixed to at export, if it is (then every
+    calibration batch must have it)."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return int(dims[0].dim_value)
+        return None
+    return None
 
 
 def ranges_key(model: Path, reader: CalibrationReader, calibration: CalibrationConfig) -> str:

@@ -29,6 +29,13 @@ def qtype(name: str) -> Any:
     return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
 
 
+def dynamic_names(nodes: tuple[str, ...]) -> list[str]:
+    """Names to exclude so that these nodes stay float: `quantize_dynamic` first rewrites each
+    Gemm into MatMul '<name>_MatMul' + Add '<name>_Add' and only then reads its exclusions, so
+    the Gemm's own name alone would be silently ignored."""
+    return [n for name in nodes for n in (name, f"{name}_MatMul")]
+
+
 @register_scheme("int8_dynamic", precision="int8", mode="dynamic", config=Int8DynamicConfig)
 def quantize(
     source: Path, out: Path, plan: QuantPlan[Int8DynamicConfig], ctx: StageContext
@@ -42,7 +49,7 @@ def quantize(
         per_channel=cfg.per_channel,
         reduce_range=cfg.reduce_range,
         weight_type=qtype(cfg.weights),
-        nodes_to_exclude=list(plan.kept_float),
+        nodes_to_exclude=dynamic_names(plan.kept_float),
     )
     return {
         "format": "qoperator",

@@ -232,9 +232,11 @@ def verify_precisions(
     for name, precision in chosen.items():
         before = src_nodes[name]
         weight_inputs = [i for i, x in enumerate(before.input) if i > 0 and x in weights]
-        after = dst_nodes.get(name)
+        # quantize_dynamic rewrites a Gemm into '<name>_MatMul' + '<name>_Add' first.
+        after = dst_nodes.get(name) or dst_nodes.get(f"{name}_MatMul")
+        quant = dst_nodes.get(f"{name}_quant") or dst_nodes.get(f"{name}_MatMul_quant")
         if name in kept_float:
-            if after is None or _is_quantized_op(after.op_type) or f"{name}_quant" in dst_nodes:
+            if after is None or _is_quantized_op(after.op_type) or quant is not None:
                 raise StageError(
                     "quantize", f"node '{name}' was to stay in float but was quantized"
                 )
@@ -243,7 +245,6 @@ def verify_precisions(
                     "quantize", f"node '{name}' was to stay in float but reads a dequantized weight"
                 )
         elif weight_inputs:
-            quant = dst_nodes.get(f"{name}_quant")
             if quant is not None and _is_quantized_op(quant.op_type):
                 continue
             if after is None or not any(dequantized(after, i) for i in weight_inputs):
