@@ -47,31 +47,35 @@ def fix_batch(src: Path | str, dst: Path | str, batch_size: int) -> Path:
     return dst
 
 
-def qnn_variant(
-    fp32_path: Path | str,
+def qnn_prepare(fp32_path: Path | str, folder: Path, batch_size: int = 1) -> Path:
+    """The graph the HTP variant is quantized from, written into `folder`: batch fixed to
+    `batch_size` (the HTP needs static shapes), then `qnn_preprocess_model` (fuses Erf->Gelu,
+    ReduceL2->LpNormalization where it finds them, so node names can change)."""
+    from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
+
+    fixed = fix_batch(fp32_path, Path(folder) / "fixed.onnx", batch_size)
+    prepared = Path(folder) / "prepared.onnx"
+    with _quiet():
+        return prepared if qnn_preprocess_model(str(fixed), str(prepared)) else fixed
+
+
+def qnn_quantize(
+    source: Path | str,
     out_path: Path | str,
     reader: Any,
     activations: Activations = "uint8",
     weights: Weights = "uint8",
-    batch_size: int = 1,
     per_channel: bool = False,
     calibration: Calibration = "minmax",
     percentile: float = 99.999,
     nodes_to_exclude: list[str] | None = None,
 ) -> Path:
-    """Quantize an FP32 ONNX model for the HTP and write it to `out_path`.
-
-    Steps: fix the batch to `batch_size` (the HTP needs static shapes), `qnn_preprocess_model`
-    (fuses Erf->Gelu, ReduceL2->LpNormalization where it finds them), `get_qnn_qdq_config`
-    (QDQ with the type overrides QNN needs), `quantize`. `reader` is an onnxruntime
-    CalibrationDataReader yielding {input name: array} with exactly `batch_size` rows.
-    uint16 activations use com.microsoft Q/DQ (below opset 21); int8 weights are symmetric.
-    """
+    """QDQ-quantize a graph from `qnn_prepare` for the HTP (`get_qnn_qdq_config`: the type
+    overrides QNN needs) and write it to `out_path`. `nodes_to_exclude` are node names of
+    `source`. uint16 activations use com.microsoft Q/DQ (below opset 21); int8 weights are
+    symmetric. `reader` yields {input name: array} with the batch `source` is fixed to."""
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
-    from onnxruntime.quantization.execution_providers.qnn import (
-        get_qnn_qdq_config,
-        qnn_preprocess_model,
-    )
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     act_type = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16}[activations]
     weight_type = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[weights]
@@ -83,10 +87,7 @@ def qnn_variant(
     }[calibration]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mq-qnn-") as tmp, _quiet():
-        fixed = fix_batch(fp32_path, Path(tmp) / "fixed.onnx", batch_size)
-        prepared = Path(tmp) / "prepared.onnx"
-        source = prepared if qnn_preprocess_model(str(fixed), str(prepared)) else fixed
+    with _quiet():
         config = get_qnn_qdq_config(
             str(source),
             reader,
@@ -100,6 +101,36 @@ def qnn_variant(
             config.extra_options["CalibPercentile"] = percentile
         quantize(str(source), str(out_path), config)
     return out_path
+
+
+def qnn_variant(
+    fp32_path: Path | str,
+    out_path: Path | str,
+    reader: Any,
+    activations: Activations = "uint8",
+    weights: Weights = "uint8",
+    batch_size: int = 1,
+    per_channel: bool = False,
+    calibration: Calibration = "minmax",
+    percentile: float = 99.999,
+    nodes_to_exclude: list[str] | None = None,
+) -> Path:
+    """Quantize an FP32 ONNX model for the HTP and write it to `out_path`: `qnn_prepare` then
+    `qnn_quantize`. `nodes_to_exclude` must name nodes of the prepared graph (the quantize
+    stage resolves its layer rules there); `reader` yields batches of exactly `batch_size`."""
+    with tempfile.TemporaryDirectory(prefix="mq-qnn-") as tmp:
+        source = qnn_prepare(fp32_path, Path(tmp), batch_size)
+        return qnn_quantize(
+            source,
+            out_path,
+            reader,
+            activations=activations,
+            weights=weights,
+            per_channel=per_channel,
+            calibration=calibration,
+            percentile=percentile,
+            nodes_to_exclude=nodes_to_exclude,
+        )
 
 
 @contextlib.contextmanager

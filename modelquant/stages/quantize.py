@@ -1,53 +1,60 @@
-"""The `quantize` stage: static (QDQ, QOperator) and dynamic INT8 via onnxruntime.quantization."""
+"""The `quantize` stage: layer rules resolved on the graph that is quantized, the registered
+scheme picked by `precision` (and `mode`) run on it, and every rule's outcome verified after."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import difflib
 import io
-import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelquant.errors import StageError, UserError
 from modelquant.layer_rules import rule_matches
+from modelquant.schemes import (
+    QuantPlan,
+    Scheme,
+    float_precisions,
+    registered_precisions,
+    scheme_for,
+)
+from modelquant.schemes.calibration import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    CalibrationConfig,
+    calibration_reader,
+)
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.state import ModelState
 
-if TYPE_CHECKING:
-    from modelquant.data import Dataset
-
-DEFAULT_CALIBRATION_SAMPLES = 256
-
-
-class CalibrationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["minmax", "percentile", "entropy"] = Field(
-        "minmax", description="How activation ranges are chosen from calibration data."
-    )
-    percentile: float = Field(
-        99.999, gt=0, le=100, description="Percentile kept by the 'percentile' method."
-    )
-    symmetric: bool = Field(False, description="Force ranges symmetric around zero.")
-    samples: int | None = Field(
-        None, gt=0, description="Calibration samples (default: data.calibration.samples or 256)."
-    )
+__all__ = ["DEFAULT_CALIBRATION_SAMPLES", "CalibrationConfig", "Quantize", "QuantizeConfig"]
 
 
 class OverrideRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     match: str = Field(
-        description="Layer rule: an exact layer/node name, 're:<regex>' or 'type:<OpType>'."
+        description="Layer rule: an ONNX node name, a torch module path, 're:<regex>' or "
+        "'type:<OpType>'."
     )
-    precision: Literal["fp32"] = Field("fp32", description="Precision for matched layers.")
+    precision: str = Field(
+        "fp32", description="Precision for matched layers: fp32 (kept in float) or the stage's."
+    )
+
+    @field_validator("precision")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in registered_precisions():
+            raise ValueError(
+                f"unknown precision '{v}' (registered: {', '.join(registered_precisions())})"
+            )
+        return v
 
 
 class NpuVariantConfig(BaseModel):
@@ -62,10 +69,16 @@ class NpuVariantConfig(BaseModel):
 
 
 class QuantizeConfig(StageConfig):
-    precision: Literal["int8"] = Field("int8", description="Target precision.")
+    """The stage's settings: which scheme (precision, mode), the scheme's own settings (flat, as
+    recipes write them), pre-processing, layer rules and the NPU variant."""
+
+    precision: str = Field(
+        "int8", description="Target precision: a registered one (int8; fp32 keeps float)."
+    )
     mode: Literal["static", "dynamic"] = Field(
         "static", description="static: calibrated activation ranges; dynamic: ranges at run time."
     )
+    # The schemes' settings; each scheme takes the ones its config declares.
     format: Literal["qdq", "qoperator"] = Field(
         "qdq", description="QDQ (Quantize/DequantizeLinear pairs) or QOperator (QLinearConv, ...)."
     )
@@ -82,46 +95,66 @@ class QuantizeConfig(StageConfig):
         True, description="Run onnxruntime's quant_pre_process (graph optimization) first."
     )
     overrides: list[OverrideRule] = Field(
-        default_factory=list, description="Per-layer precision rules, first match wins."
+        default_factory=list,
+        description="Per-layer precision rules, first match wins, resolved on the graph that is "
+        "quantized (after pre-processing).",
     )
     npu: NpuVariantConfig = Field(
         default_factory=NpuVariantConfig,
         description="The NPU variant, made when evaluate.backends lists npu (QNN QDQ flavour).",
     )
 
+    @field_validator("precision")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in registered_precisions():
+            raise ValueError(
+                f"unknown precision '{v}' (registered: {', '.join(registered_precisions())})"
+            )
+        return v
 
-def _qtype(name: str) -> Any:
-    from onnxruntime.quantization import QuantType
+    @model_validator(mode="after")
+    def _scheme_takes_its_settings(self) -> QuantizeConfig:
+        scheme = scheme_for(self.precision, self.mode)
+        unused = sorted((self.model_fields_set & SCHEME_KEYS) - set(scheme.config.model_fields))
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)}: not a setting of scheme '{scheme.name}' "
+                f"(it takes: {', '.join(scheme.config.model_fields) or 'nothing'})"
+            )
+        return self
 
-    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
+    def scheme(self) -> Scheme[Any]:
+        """The registered scheme these settings pick."""
+        return scheme_for(self.precision, self.mode)
+
+    def scheme_config(self) -> Any:
+        """The picked scheme's config, from the flat settings it declares."""
+        cls = self.scheme().config
+        return cls.model_validate({k: getattr(self, k) for k in cls.model_fields})
 
 
-class _Reader:
-    """An onnxruntime CalibrationDataReader over equal-shaped batches of a Dataset."""
+STAGE_KEYS = frozenset({"precision", "mode", "preprocess", "overrides", "npu"})
+SCHEME_KEYS = frozenset(QuantizeConfig.model_fields) - STAGE_KEYS
 
-    def __init__(self, data: Dataset, batch_size: int, names: list[str]) -> None:
-        self._batches = [
-            {n: b[n] for n in names} for b, _ in data.batches(batch_size, drop_last=True)
-        ]
-        self._it = iter(self._batches)
 
-    def get_next(self) -> dict[str, Any] | None:
-        return next(self._it, None)
+# ---------------------------------------------------------------- layer rules on a graph
 
-    def rewind(self) -> None:
-        self._it = iter(self._batches)
-
-    def __len__(self) -> int:
-        return len(self._batches)
+_TORCH_SCOPE = re.compile(r"/(?:[^/]+/)*([^/]+)/([A-Za-z]+)(?:_\d+)?")
 
 
 def _layer_names(node: Any, initializers: set[str]) -> list[str]:
-    """Names a rule can match: the ONNX node name and the torch module path of its weights."""
+    """Names a rule can match: the ONNX node name and the torch module path of the node, from
+    its weights ("classifier.2.weight" -> "classifier.2") or from the TorchScript node name
+    ("/features/features.0/Conv" -> "features.0", for weights renamed by BatchNorm folding)."""
     names = [node.name]
     for inp in node.input:
-        if inp in initializers and "." in inp:
-            names.append(inp.rsplit(".", 1)[0])  # "classifier.2.weight" -> "classifier.2"
-    return names
+        if inp in initializers and "." in inp and ":" not in inp:
+            names.append(inp.rsplit(".", 1)[0])
+    scope = _TORCH_SCOPE.fullmatch(node.name)
+    if scope and scope.group(2) == node.op_type:
+        names.append(scope.group(1))
+    return list(dict.fromkeys(names))
 
 
 def match_rule(rule: str, node: Any, initializers: set[str]) -> bool:
@@ -129,8 +162,9 @@ def match_rule(rule: str, node: Any, initializers: set[str]) -> bool:
     return rule_matches(rule, _layer_names(node, initializers), node.op_type)
 
 
-def resolve_overrides(model_path: Path, rules: list[OverrideRule]) -> dict[str, str]:
-    """Node name -> precision, from the rules; a rule matching nothing is a user error."""
+def resolve_rules(model_path: Path, rules: list[OverrideRule], graph: str) -> dict[str, str]:
+    """Node name -> precision on this graph, first matching rule wins. A rule that matches no
+    node is a UserError naming the graph's closest layer names."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
@@ -141,12 +175,85 @@ def resolve_overrides(model_path: Path, rules: list[OverrideRule]) -> dict[str, 
         for i, rule in enumerate(rules):
             if match_rule(rule.match, node, initializers):
                 hits[i] += 1
-                chosen.setdefault(node.name, rule.precision)
+                chosen[node.name] = rule.precision
                 break
     for rule, n in zip(rules, hits, strict=True):
         if n == 0:
-            raise UserError(f"quantize override '{rule.match}' matches no layer of the model")
+            raise UserError(
+                f"quantize override '{rule.match}' matches no layer of the {graph} "
+                f"({_nearest(rule.match, model, initializers)})"
+            )
+    unnamed = [n for n in chosen if not n]
+    if unnamed:
+        raise UserError(f"quantize overrides match unnamed nodes of the {graph}; name them")
     return chosen
+
+
+def _nearest(rule: str, model: Any, initializers: set[str]) -> str:
+    if rule.startswith("type:"):
+        pool = sorted({n.op_type for n in model.graph.node})
+        close = difflib.get_close_matches(rule[5:], pool, n=5, cutoff=0.3)
+        return "closest op types: " + ", ".join(f"type:{c}" for c in close or pool[:8])
+    pool = sorted({name for n in model.graph.node for name in _layer_names(n, initializers)})
+    close = difflib.get_close_matches(rule.removeprefix("re:").lstrip("/"), pool, n=5, cutoff=0.3)
+    return "closest layer names: " + ", ".join(close or pool[:8])
+
+
+# ---------------------------------------------------------------- verification afterwards
+
+_QUANTIZED_OPS = ("QLinear", "QGemm", "QAttention", "DynamicQuantize")
+
+
+def _is_quantized_op(op_type: str) -> bool:
+    return op_type.startswith(_QUANTIZED_OPS) or op_type.endswith("Integer")
+
+
+def verify_precisions(
+    source: Path, out: Path, chosen: dict[str, str], kept_float: set[str]
+) -> None:
+    """Check the quantized graph against the rules: a node kept in float is still there, not
+    an integer op, and reads no dequantized weight; a node a rule asked to quantize (one with
+    weights) became an integer op or reads a dequantized weight. A miss is a StageError."""
+    import onnx
+
+    src = onnx.load(str(source), load_external_data=False)
+    dst = onnx.load(str(out), load_external_data=False)
+    weights = {t.name for t in src.graph.initializer}
+    src_nodes = {n.name: n for n in src.graph.node}
+    dst_nodes = {n.name: n for n in dst.graph.node}
+    producer = {o: n for n in dst.graph.node for o in n.output}
+
+    def dequantized(node: Any, index: int) -> bool:
+        if index >= len(node.input):
+            return False
+        made_by = producer.get(node.input[index])
+        return made_by is not None and made_by.op_type == "DequantizeLinear"
+
+    for name, precision in chosen.items():
+        before = src_nodes[name]
+        weight_inputs = [i for i, x in enumerate(before.input) if i > 0 and x in weights]
+        # quantize_dynamic rewrites a Gemm into '<name>_MatMul' + '<name>_Add' first.
+        after = dst_nodes.get(name) or dst_nodes.get(f"{name}_MatMul")
+        quant = dst_nodes.get(f"{name}_quant") or dst_nodes.get(f"{name}_MatMul_quant")
+        if name in kept_float:
+            if after is None or _is_quantized_op(after.op_type) or quant is not None:
+                raise StageError(
+                    "quantize", f"node '{name}' was to stay in float but was quantized"
+                )
+            if any(dequantized(after, i) for i in weight_inputs):
+                raise StageError(
+                    "quantize", f"node '{name}' was to stay in float but reads a dequantized weight"
+                )
+        elif weight_inputs:
+            if quant is not None and _is_quantized_op(quant.op_type):
+                continue
+            if after is None or not any(dequantized(after, i) for i in weight_inputs):
+                raise StageError(
+                    "quantize", f"node '{name}' was to be quantized to {precision} but is not"
+                )
+
+
+# ---------------------------------------------------------------- the stage
 
 
 @contextlib.contextmanager
@@ -160,9 +267,39 @@ def _inside(folder: Path) -> Iterator[None]:
         os.chdir(before)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization logs advice through the root logger at WARNING and its histogram
+    calibrators print progress to stdout, which must stay clean for --json."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def split_rules(chosen: dict[str, str], precision: str) -> list[str]:
+    """The node names kept in float; a rule asking for a third precision is a UserError."""
+    floats = float_precisions()
+    other = sorted({p for p in chosen.values() if p not in floats and p != precision})
+    if other:
+        raise UserError(
+            f"quantize overrides ask for {', '.join(other)} inside a {precision} model; a layer "
+            f"rule may keep layers in float ({', '.join(sorted(floats))}) or at {precision}, "
+            "mixing other precisions in one model is not supported yet"
+        )
+    if precision in floats:
+        return sorted(chosen)
+    return sorted(n for n, p in chosen.items() if p in floats)
+
+
 @register_stage("quantize")
 class Quantize(Stage):
-    """Quantize the ONNX model to INT8 with onnxruntime.quantization (static or dynamic)."""
+    """Quantize the ONNX model with onnxruntime.quantization (a registered scheme: int8 static
+    or dynamic)."""
 
     Config = QuantizeConfig
     needs = "onnx"
@@ -182,82 +319,77 @@ class Quantize(Stage):
 
         assert state.onnx_path is not None
         cfg = self.config
-        source = state.onnx_path
+        scheme = cfg.scheme()
         out = ctx.work_dir / "model.onnx"
-        overrides = resolve_overrides(source, cfg.overrides)
-        excluded = sorted(n for n, p in overrides.items() if p == "fp32")
-        ctx.details.update(
-            precision=cfg.precision,
-            mode=cfg.mode,
-            format=cfg.format if cfg.mode == "static" else "qoperator",
-            activations=cfg.activations,
-            weights=cfg.weights,
-            per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range,
-            kept_float=excluded,
-        )
-        # onnxruntime.quantization logs advice through the root logger at WARNING; keep it quiet.
-        quiet = logging.getLogger()
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        # Its histogram calibrators print progress to stdout, which must stay clean for --json.
+        ctx.details.update(precision=cfg.precision, mode=cfg.mode, scheme=scheme.name)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                source = self._preprocess(source, ctx) if cfg.preprocess else source
-                if cfg.mode == "dynamic":
-                    self._dynamic(source, out, excluded)
-                else:
-                    self._static(source, out, excluded, ctx)
+            with _quiet():
+                source = (
+                    self._preprocess(state.onnx_path, ctx) if cfg.preprocess else state.onnx_path
+                )
+                chosen = resolve_rules(source, cfg.overrides, "graph being quantized")
+                kept = split_rules(chosen, cfg.precision)
+                plan = QuantPlan(config=cfg.scheme_config(), kept_float=tuple(kept))
+                ctx.details.update(scheme.quantize(source, out, plan, ctx))
         except (UserError, StageError):
             raise
         except Exception as exc:
             raise StageError("quantize", f"onnxruntime.quantization failed: {exc}") from exc
-        finally:
-            quiet.setLevel(level)
         onnx_file.check(out)
+        verify_precisions(source, out, chosen, set(kept))
+        ctx.details["kept_float"] = kept
         ctx.details["qdq_nodes"] = _count_ops(out, ("QuantizeLinear", "DequantizeLinear"))
         variants = dict(state.variants)
-        if "npu" in ctx.targets and cfg.mode == "static":
-            variants["npu"] = self._npu_variant(state.onnx_path, excluded, ctx)
+        if "npu" in ctx.targets and scheme.name == "int8_static":
+            variants["npu"] = self._npu_variant(state.onnx_path, ctx)
         return state.replace(onnx_path=out, variants=variants)
 
-    def _npu_variant(self, source: Path, excluded: list[str], ctx: StageContext) -> Path:
-        """The QNN flavour: fixed batch, QNN pre-processing and QDQ config (get_qnn_qdq_config)."""
-        from modelquant.backends.qnn_quant import qnn_variant
+    def _npu_variant(self, source: Path, ctx: StageContext) -> Path:
+        """The QNN flavour: fixed batch, QNN pre-processing and QDQ config (get_qnn_qdq_config),
+        with the layer rules resolved on the QNN-prepared graph."""
+        from modelquant.backends.qnn_quant import qnn_prepare, qnn_quantize
         from modelquant.models import onnx_file
 
         cfg = self.config
         npu = cfg.npu
-        samples = cfg.calibration.samples or DEFAULT_CALIBRATION_SAMPLES
-        data = ctx.data("calibration").take(samples)
-        names = list(onnx_file.input_names(source))
         out = ctx.work_dir / "model.npu.onnx"
-        try:
-            qnn_variant(
-                source,
-                out,
-                _Reader(data, npu.batch_size, names),
-                activations=npu.activations,
-                weights=npu.weights,
-                batch_size=npu.batch_size,
-                per_channel=npu.per_channel,
-                calibration=cfg.calibration.method,
-                percentile=cfg.calibration.percentile,
-                nodes_to_exclude=excluded or None,
-            )
-        except ImportError as exc:
-            raise UserError(
-                f"the npu variant needs modelquant[npu] (onnxruntime-qnn): {exc}"
-            ) from None
-        except Exception as exc:
-            raise StageError("quantize", f"QNN variant quantization failed: {exc}") from exc
-        onnx_file.check(out)
+        with tempfile.TemporaryDirectory(prefix="mq-npu-") as tmp:
+            try:
+                with _quiet():
+                    prepared = qnn_prepare(source, Path(tmp), npu.batch_size)
+                    chosen = resolve_rules(prepared, cfg.overrides, "NPU variant's graph")
+                    kept = split_rules(chosen, cfg.precision)
+                    reader = calibration_reader(
+                        prepared, cfg.calibration, ctx, batch_size=npu.batch_size
+                    )
+                    qnn_quantize(
+                        prepared,
+                        out,
+                        reader,
+                        activations=npu.activations,
+                        weights=npu.weights,
+                        per_channel=npu.per_channel,
+                        calibration=cfg.calibration.method,
+                        percentile=cfg.calibration.percentile,
+                        nodes_to_exclude=kept or None,
+                    )
+            except ImportError as exc:
+                raise UserError(
+                    f"the npu variant needs modelquant[npu] (onnxruntime-qnn): {exc}"
+                ) from None
+            except (UserError, StageError):
+                raise
+            except Exception as exc:
+                raise StageError("quantize", f"QNN variant quantization failed: {exc}") from exc
+            onnx_file.check(out)
+            verify_precisions(prepared, out, chosen, set(kept))
         ctx.details["npu_variant"] = {
             "activations": npu.activations,
             "weights": npu.weights,
             "batch_size": npu.batch_size,
             "per_channel": npu.per_channel,
             "qdq_nodes": _count_ops(out, ("QuantizeLinear", "DequantizeLinear")),
+            "kept_float": kept,
         }
         return out
 
@@ -275,87 +407,6 @@ class Quantize(Stage):
                 return source
         ctx.details["preprocess"] = "applied"
         return target
-
-    def _dynamic(self, source: Path, out: Path, excluded: list[str]) -> None:
-        from onnxruntime.quantization import quantize_dynamic
-
-        cfg = self.config
-        quantize_dynamic(
-            str(source),
-            str(out),
-            per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range,
-            weight_type=_qtype(cfg.weights),
-            nodes_to_exclude=excluded,
-        )
-
-    def _static(self, source: Path, out: Path, excluded: list[str], ctx: StageContext) -> None:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
-        from modelquant.models import onnx_file
-
-        cfg = self.config
-        spec = ctx.data_spec("calibration")
-        if spec is None:
-            raise UserError("static quantization needs data.calibration (or data.train)")
-        samples = cfg.calibration.samples or spec.samples or DEFAULT_CALIBRATION_SAMPLES
-        data = ctx.data("calibration").take(samples)
-        batch = min(spec.batch_size, len(data))
-        names = list(onnx_file.input_names(source))
-        missing = [n for n in names if n not in data.inputs]
-        if missing:
-            raise UserError(f"calibration data has no input(s) {missing} that the model takes")
-        reader = _Reader(data, batch, names)
-        method = {
-            "minmax": CalibrationMethod.MinMax,
-            "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy,
-        }[cfg.calibration.method]
-        extra: dict[str, Any] = {"CalibTensorRangeSymmetric": cfg.calibration.symmetric}
-        if cfg.calibration.method == "percentile":
-            extra["CalibPercentile"] = cfg.calibration.percentile
-        # Ranges depend on the model, the data and the calibration settings, nothing else.
-        key = hashlib.sha256(
-            json.dumps(
-                {
-                    "model": onnx_file.content_hash(source),
-                    "data": spec.model_dump(mode="json"),
-                    "samples": len(reader) * batch,
-                    "batch": batch,
-                    "calibration": cfg.calibration.model_dump(mode="json"),
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()[:16]
-        cache = ctx.cache_dir / "calibration" / f"{key}.json"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        hit = cache.is_file()
-        target = cache if hit else cache.with_name(f".{cache.name}.tmp")
-        quantize_static(
-            str(source),
-            str(out),
-            reader,
-            quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
-            per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range,
-            activation_type=_qtype(cfg.activations),
-            weight_type=_qtype(cfg.weights),
-            nodes_to_exclude=excluded,
-            calibrate_method=method,
-            extra_options=extra,
-            calibration_cache_path=str(target),
-        )
-        if not hit:
-            os.replace(target, cache)
-        ctx.details["calibration"] = {
-            "method": cfg.calibration.method,
-            "samples": len(reader) * batch,
-            "batch_size": batch,
-            "cache": "reused" if hit else "computed",
-            "cache_file": str(cache.relative_to(ctx.cache_dir.parent)),
-        }
-        if cfg.calibration.method == "percentile":
-            ctx.details["calibration"]["percentile"] = cfg.calibration.percentile
 
 
 def _count_ops(path: Path, ops: tuple[str, ...]) -> int:

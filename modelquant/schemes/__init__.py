@@ -1,0 +1,143 @@
+"""The registry of quantization schemes: one config class and one handler per scheme name, and
+how the precision (and mode) a recipe names picks a scheme.
+
+A scheme module registers its handler once:
+
+    @register_scheme("int8_static", precision="int8", mode="static", config=Int8StaticConfig)
+    def quantize(source, out, plan, ctx) -> dict: ...
+
+and adding a precision is that module plus one import line at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from modelquant.stages.base import StageContext
+
+
+class SchemeConfig(BaseModel):
+    """Base of every scheme's settings: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+C = TypeVar("C", bound=SchemeConfig)
+
+
+@dataclass(frozen=True)
+class QuantPlan(Generic[C]):
+    """What the quantize stage decided for one run of a handler, on the graph it quantizes."""
+
+    config: C
+    """The scheme's settings."""
+    kept_float: tuple[str, ...] = ()
+    """Node names (of the graph handed to the handler) that must stay in float."""
+
+
+Handler = Callable[[Path, Path, QuantPlan[C], "StageContext"], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Scheme(Generic[C]):
+    """A registered scheme: name, the precision and mode that pick it, config and handler."""
+
+    name: str
+    precision: str
+    mode: str | None
+    """The recipe's `mode` that picks it (None: the precision's only scheme, any mode)."""
+    config: type[C]
+    handler: Handler[C]
+    keeps_float: bool = False
+    """True for the float 'scheme' (fp32): nodes given its precision are left unquantized."""
+
+    def quantize(
+        self, source: Path, out: Path, plan: QuantPlan[C], ctx: StageContext
+    ) -> dict[str, Any]:
+        """Write `source` quantized under `plan` to `out`; what the report should say."""
+        return self.handler(source, out, plan, ctx)
+
+
+_REGISTRY: dict[str, Scheme[Any]] = {}
+
+
+def register_scheme(
+    name: str,
+    *,
+    precision: str,
+    config: type[C],
+    mode: str | None = None,
+    keeps_float: bool = False,
+) -> Callable[[Handler[C]], Handler[C]]:
+    """Function decorator: make `handler` the scheme `name` (once), picked by `precision` and
+    `mode` in a recipe's quantize stage, with settings validated by `config`."""
+
+    def decorate(handler: Handler[C]) -> Handler[C]:
+        if name in _REGISTRY:
+            raise ValueError(f"quantization scheme '{name}' is registered twice")
+        clash = [s.name for s in _REGISTRY.values() if s.precision == precision and s.mode == mode]
+        if clash:
+            raise ValueError(
+                f"scheme '{name}' and '{clash[0]}' both claim precision '{precision}', "
+                f"mode '{mode}'"
+            )
+        _REGISTRY[name] = Scheme(name, precision, mode, config, handler, keeps_float)
+        return handler
+
+    return decorate
+
+
+def registered_schemes() -> dict[str, Scheme[Any]]:
+    """Scheme name -> Scheme, in registration order."""
+    return dict(_REGISTRY)
+
+
+def registered_precisions() -> list[str]:
+    """The precisions a recipe may name (each picks one or more schemes)."""
+    return list(dict.fromkeys(s.precision for s in _REGISTRY.values()))
+
+
+def float_precisions() -> set[str]:
+    """Precisions that mean 'keep in float' in a layer rule."""
+    return {s.precision for s in _REGISTRY.values() if s.keeps_float}
+
+
+def scheme_for(precision: str, mode: str | None = None) -> Scheme[Any]:
+    """The scheme a recipe's `precision` (and `mode`) picks; ValueError naming what exists."""
+    candidates = [s for s in _REGISTRY.values() if s.precision == precision]
+    if not candidates:
+        raise ValueError(
+            f"unknown precision '{precision}' (registered: {', '.join(registered_precisions())})"
+        )
+    for scheme in candidates:
+        if scheme.mode == mode:
+            return scheme
+    modeless = [s for s in candidates if s.mode is None]
+    if modeless:
+        return modeless[0]
+    modes = ", ".join(str(s.mode) for s in candidates)
+    raise ValueError(f"precision '{precision}' has no mode '{mode}' (it has: {modes})")
+
+
+# One line per scheme: importing the module registers it.
+from modelquant.schemes import fp32, int8_dynamic, int8_static  # noqa: E402
+
+__all__ = [
+    "QuantPlan",
+    "Scheme",
+    "SchemeConfig",
+    "float_precisions",
+    "fp32",
+    "int8_dynamic",
+    "int8_static",
+    "register_scheme",
+    "registered_precisions",
+    "registered_schemes",
+    "scheme_for",
+]
