@@ -71,6 +71,7 @@ class Pipeline:
         d = self.recipe.data
         spec = {
             "train": d.train,
+            "validation": d.validation,
             "calibration": d.calibration or d.train,
             "evaluation": d.evaluation,
         }

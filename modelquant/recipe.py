@@ -39,8 +39,8 @@ class DataSpec(_Strict):
     """One data entry: a source and what to read from it."""
 
     source: str = Field(description=f"Data source: one of {', '.join(DATA_SOURCES)}.")
-    split: Literal["train", "test", "all"] | None = Field(
-        None, description="Split of a built-in data set (digits: train, test or all)."
+    split: Literal["train", "val", "test", "all"] | None = Field(
+        None, description="Split of a built-in data set (digits: train, val, test or all)."
     )
     path: Path | None = Field(None, description="File for file sources (npz).")
     inputs: list[str] | None = Field(
@@ -59,9 +59,14 @@ class DataSpec(_Strict):
 
 
 class DataSection(_Strict):
-    """The recipe's data: what to train on, calibrate with, and evaluate on."""
+    """The recipe's data: what to train on, calibrate with, choose settings on, and evaluate on."""
 
     train: DataSpec | None = Field(None, description="Training data (fine-tuning, distillation).")
+    validation: DataSpec | None = Field(
+        None,
+        description="Validation data: settings are chosen on it (fine-tuning progress, stage "
+        "accuracies); never the gated test data.",
+    )
     calibration: DataSpec | None = Field(
         None, description="Calibration data for static quantization (default: train, 256 samples)."
     )

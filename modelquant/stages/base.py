@@ -34,7 +34,7 @@ class StageContext:
     cache_dir: Path
     baseline: ModelState
     data: Callable[[str], Dataset]
-    """`data("train" | "calibration" | "evaluation")` opens that recipe data entry (cached)."""
+    """`data(role)` opens that recipe data entry (train, validation, calibration, evaluation)."""
     work_dir: Path = Path()
     """A fresh folder for the running stage's files (its cache entry once it succeeds)."""
     details: dict[str, Any] = field(default_factory=dict)
