@@ -282,7 +282,7 @@ def version() -> None:
 
 
 def _recipe_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes"]
+    dirs = [Path.cwd() / "recipes", Path(__file__).resolve().parent / "recipes"]
     return list(dict.fromkeys(d for d in dirs if d.is_dir()))
 
 
