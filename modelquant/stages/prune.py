@@ -267,8 +267,10 @@ class Prune(Stage):
     # ------------------------------------------------------------------ structured
     def _structured(self, model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
         import torch
-        import torch_pruning as tp
 
+        from modelquant.extras import require
+
+        tp: Any = require("torch_pruning", "structured pruning")
         cfg = self.config
         layers = self.targeted(model)
         train = ctx.data("train")

@@ -223,8 +223,11 @@ class Quantize(Stage):
     def _npu_variant(self, source: Path, excluded: list[str], ctx: StageContext) -> Path:
         """The QNN flavour: fixed batch, QNN pre-processing and QDQ config (get_qnn_qdq_config)."""
         from modelquant.backends.qnn_quant import qnn_variant
+        from modelquant.extras import install_hint, require
         from modelquant.models import onnx_file
 
+        # The variant is only worth making where the HTP can run it: fail early, naming the extra.
+        require("onnxruntime_qnn", "evaluate.backends lists npu: the NPU variant")
         cfg = self.config
         npu = cfg.npu
         samples = cfg.calibration.samples or DEFAULT_CALIBRATION_SAMPLES
@@ -246,7 +249,8 @@ class Quantize(Stage):
             )
         except ImportError as exc:
             raise UserError(
-                f"the npu variant needs modelquant[npu] (onnxruntime-qnn): {exc}"
+                f"the npu variant cannot import {exc.name or exc}; "
+                f"{install_hint('onnxruntime_qnn')}"
             ) from None
         except Exception as exc:
             raise StageError("quantize", f"QNN variant quantization failed: {exc}") from exc
