@@ -86,7 +86,25 @@ def _width(stream: TextIO) -> int | None:
 out = Console(width=_width(sys.stdout))
 err = Console(stderr=True, width=_width(sys.stderr))
 
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+
+def _recipe_path(value: Path) -> Path:
+    """A recipe file as given, or else the file of that name in ./recipes or the bundled ones."""
+    if value.exists():
+        return value
+    try:
+        return _find_recipe(str(value))
+    except UserError:
+        return value  # the command's own "recipe file not found" names it
+
+
+RecipeArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Recipe YAML file, or the name of a bundled recipe (see `recipes list`).",
+        show_default=False,
+        callback=_recipe_path,
+    ),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(

@@ -272,7 +272,9 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...],
 def read_recipe_source(path: Path) -> RecipeSource:
     """Parse a recipe file's YAML (no validation yet), keeping key line numbers."""
     if not path.is_file():
-        raise UserError(f"recipe file not found: {path}")
+        raise UserError(
+            f"recipe file not found: {path} (give a file, or a name from `modelquant recipes list`)"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -52,3 +52,14 @@ def test_bundled_recipes_validate_on_val_and_gate_on_test(path: Path) -> None:
     assert data.evaluation.split == "test"
     for entry in (data.train, data.calibration):
         assert entry is None or entry.split == "train"
+
+
+def test_compress_takes_a_bundled_recipe_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app, ["compress", "digits-int8", "--out", str(tmp_path / "out"), "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "data.evaluation: digits:test, 450 samples" in result.output
