@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperGroup
 
 from modelquant import __version__
 from modelquant.errors import (
@@ -23,7 +26,47 @@ from modelquant.errors import (
     step,
 )
 
+
+def _plain_metavars(params: list[Any]) -> None:
+    """Help without Python types: flags (`--json`, `--help`) show no `<bool>`, lists show their
+    element type (`<path>`) rather than `<list[Path]>`."""
+    for param in params:
+        if param is None or getattr(param, "metavar", "") is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            continue
+        desc = getattr(param, "type_descriptor", None)
+        if desc is not None and getattr(desc, "is_list", False) and hasattr(param, "_bare_type"):
+            (element,) = typing.get_args(desc.annotation) or (str,)
+            label = f"<{param._bare_type(element).lower()}>"
+            if isinstance(param, TyperArgument):  # its name already ends in "..."
+
+                def shown(ctx: Any, label: str = label) -> str:
+                    return label
+
+                param.display_type_rich = shown  # type: ignore[method-assign]
+            else:
+                param.metavar = f"{label}..."
+
+
+class _Group(TyperGroup):
+    """The command groups, with plain metavars in every `--help`."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not isinstance(command, TyperGroup):
+            _plain_metavars([*command.params, command.get_help_option(ctx)])
+        return command
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)
+        _plain_metavars(params)
+        return params
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Compress a trained model with one recipe (prune, distill, quantize, export) and measure "
     "accuracy, latency and size against the original.",
     no_args_is_help=True,
@@ -31,20 +74,91 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 recipes_app = typer.Typer(
-    help="List, show, validate recipes; print the recipe JSON Schema.", no_args_is_help=True
+    cls=_Group,
+    help="List, show, validate recipes; print the recipe JSON Schema.",
+    no_args_is_help=True,
 )
 app.add_typer(recipes_app, name="recipes")
 
-out = Console()
-err = Console(stderr=True)
+# Lines read by programs and CI logs (a pipe, a file, `CI` set) must not wrap at rich's default
+# 80 columns; an explicit COLUMNS still wins, and a terminal keeps its own width.
+WIDE = 200
 
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+
+def _width(stream: TextIO) -> int | None:
+    if "COLUMNS" in os.environ:
+        return None
+    isatty = getattr(stream, "isatty", lambda: False)
+    return WIDE if os.environ.get("CI") or not isatty() else None
+
+
+out = Console(width=_width(sys.stdout))
+err = Console(stderr=True, width=_width(sys.stderr))
+
+
+def _recipe_path(value: Path) -> Path:
+    """A recipe file as given, or else the file of that name in ./recipes or the bundled ones."""
+    if value.exists():
+        return value
+    try:
+        return _find_recipe(str(value))
+    except UserError:
+        return value  # the command's own "recipe file not found" names it
+
+
+RecipeArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Recipe YAML file, or the name of a bundled recipe (see `recipes list`).",
+        show_default=False,
+        callback=_recipe_path,
+    ),
+]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a recipe field: key.path=value (repeatable)."),
+    typer.Option(
+        "--set",
+        help="Override a recipe field: key.path=value (repeatable).",
+        metavar="KEY=VALUE",
+    ),
 ]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.", metavar="DIR")]
+DebugOpt = Annotated[
+    bool,
+    typer.Option("--debug", help="Show tracebacks of internal errors (exit codes stay the same)."),
+]
+
+
+def _print_version() -> None:
+    from importlib import metadata
+
+    out.print(f"modelquant {__version__}", highlight=False)
+    for dist in ("torch", "onnx", "onnxruntime", "onnxruntime-qnn", "onnxruntime-gpu"):
+        try:
+            out.print(f"{dist} {metadata.version(dist)}", highlight=False)
+        except metadata.PackageNotFoundError:
+            pass
+
+
+def _version_flag(value: bool) -> None:
+    if value:
+        _print_version()
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_flag,
+            is_eager=True,
+            help="Print the versions of modelquant and the libraries it drives, then exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def _fail(exc: ModelquantError) -> typer.Exit:
@@ -330,20 +444,17 @@ def benchmark(
 
 @app.command()
 def version() -> None:
-    """Print modelquant's version and the versions of the libraries it drives."""
-    from importlib import metadata
+    """Print modelquant's version and the versions of the libraries it drives (= --version)."""
+    _print_version()
 
-    out.print(f"modelquant {__version__}", highlight=False)
-    for dist in ("torch", "onnx", "onnxruntime", "onnxruntime-qnn", "onnxruntime-gpu"):
-        try:
-            out.print(f"{dist} {metadata.version(dist)}", highlight=False)
-        except metadata.PackageNotFoundError:
-            pass
+
+BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
 
 
 def _recipe_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes"]
-    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+    """./recipes first (a checkout or a project's own), then the recipes shipped in the package."""
+    dirs = [Path.cwd() / "recipes", BUNDLED_RECIPES]
+    return list(dict.fromkeys(d.resolve() for d in dirs if d.is_dir()))
 
 
 def _find_recipe(name: str) -> Path:
@@ -359,7 +470,7 @@ def _find_recipe(name: str) -> Path:
 
 @recipes_app.command("list")
 def recipes_list() -> None:
-    """List the recipes in ./recipes (and those shipped with modelquant)."""
+    """List the recipes in ./recipes and those shipped with modelquant: file, name, description."""
     import yaml
 
     seen = set()
@@ -368,18 +479,28 @@ def recipes_list() -> None:
             if path.name in seen:
                 continue
             seen.add(path.name)
-            first = path.read_text(encoding="utf-8").splitlines()[:1]
+            text = path.read_text(encoding="utf-8")
+            first = text.splitlines()[:1]
             about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
-            name = (yaml.safe_load(path.read_text()) or {}).get("name", path.stem)
-            out.print(f"{path.stem:28} {name:28} {about}", highlight=False)
+            try:
+                loaded = yaml.safe_load(text)
+            except yaml.YAMLError:
+                loaded = None
+            name = loaded.get("name", path.stem) if isinstance(loaded, dict) else "(invalid YAML)"
+            out.print(f"{path.stem:28} {name!s:28} {about}", highlight=False, markup=False)
 
 
 @recipes_app.command("show")
-def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or file.")]) -> None:
-    """Print a recipe file."""
-    _run_guarded(
-        lambda: out.print(_find_recipe(name).read_text(), highlight=False, markup=False), False
-    )
+def recipes_show(
+    name: Annotated[str, typer.Argument(help="Recipe name or file.")],
+) -> None:
+    """Print a recipe file exactly as it is (`recipes show NAME > my.yaml` copies it)."""
+
+    def show() -> None:
+        sys.stdout.write(_find_recipe(name).read_text(encoding="utf-8"))
+        sys.stdout.flush()
+
+    _run_guarded(show, False)
 
 
 @recipes_app.command("validate")

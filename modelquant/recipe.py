@@ -114,16 +114,16 @@ class DataSpec(_Strict):
 
 
 class DataSection(_Strict):
-    """The recipe's data: what to train on, calibrate with, and evaluate on."""
+    """The recipe's data: what to train on, calibrate with, choose settings on, and evaluate on."""
 
     train: DataSpec | None = Field(None, description="Training data (fine-tuning, distillation).")
-    calibration: DataSpec | None = Field(
-        None, description="Calibration data for static quantization (default: train, 256 samples)."
-    )
     validation: DataSpec | None = Field(
         None,
         description="Validation data: settings are chosen on it (fine-tuning progress, stage "
-        "accuracies); never the gated test data",
+        "accuracies); never the gated test data.",
+    )
+    calibration: DataSpec | None = Field(
+        None, description="Calibration data for static quantization (default: train, 256 samples)."
     )
     evaluation: DataSpec = Field(description="Evaluation data for accuracy (and latency inputs).")
 
@@ -335,7 +335,9 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...],
 def read_recipe_source(path: Path) -> RecipeSource:
     """Parse a recipe file's YAML (no validation yet), keeping key line numbers."""
     if not path.is_file():
-        raise UserError(f"recipe file not found: {path}")
+        raise UserError(
+            f"recipe file not found: {path} (give a file, or a name from `modelquant recipes list`)"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)

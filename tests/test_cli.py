@@ -67,6 +67,22 @@ def test_dry_run_runs_nothing(write_recipe: Callable[..., Path], tmp_path: Path)
     assert not out.exists()
 
 
+def test_stages_can_open_the_validation_data(
+    write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    from modelquant.pipeline import Pipeline
+    from modelquant.recipe import load_recipe
+
+    path = write_recipe()
+    text = path.read_text().replace(
+        "data:\n", "data:\n  validation: {source: digits, split: val}\n"
+    )
+    path.write_text(text)
+    pipeline = Pipeline(load_recipe(path), path, tmp_path / "out")
+    assert pipeline.plan.data("validation").description == "digits:val"
+    assert len(pipeline.data("validation")) == 270
+
+
 def test_misspelled_key_exits_2_with_line(
     write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -41,6 +41,12 @@ def test_good_recipe_loads_with_typed_stages(tmp_path: Path) -> None:
     assert recipe.gates.min_speedup == {"cpu": 1.2}
 
 
+def test_validation_data_takes_the_val_split(tmp_path: Path) -> None:
+    text = GOOD.replace("data:\n", "data:\n  validation: {source: digits, split: val}\n")
+    recipe = load_recipe(write(tmp_path, text))
+    assert recipe.data.validation is not None and recipe.data.validation.split == "val"
+
+
 def test_misspelled_key_names_line_and_suggestion(tmp_path: Path) -> None:
     text = GOOD.replace("calibration: {method", "calibraton: {method")
     with pytest.raises(UserError) as err:

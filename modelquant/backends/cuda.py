@@ -13,7 +13,7 @@ from modelquant.environment import package_version
 CUDA_EP = "CUDAExecutionProvider"
 TENSORRT_EP = "TensorrtExecutionProvider"
 GPU_EPS = (TENSORRT_EP, CUDA_EP)
-INSTALL_HINT = "install modelquant[cuda] (onnxruntime-gpu, which replaces onnxruntime)"
+INSTALL_HINT = 'pip install "modelquant[cuda]" (onnxruntime-gpu, which replaces onnxruntime)'
 CLASH = (
     "onnxruntime and onnxruntime-gpu are both installed; "
     "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"

@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 
 from modelquant.backends import Backend
 from modelquant.backends.cpu import no_spinning
+from modelquant.extras import install_hint
 
 EP_NAME = "QNNExecutionProvider"
-INSTALL_HINT = "install modelquant[npu] (onnxruntime-qnn)"
+INSTALL_HINT = install_hint("onnxruntime_qnn")
 # offload_graph_io_quantization=0 keeps the graph-input QuantizeLinear and graph-output
 # DequantizeLinear on the HTP. With the EP's default (1) it hands them to the CPU EP, which
 # onnxruntime allows even with CPU fallback disabled: the NPU numbers would then include CPU work

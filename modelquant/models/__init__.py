@@ -18,12 +18,21 @@ if TYPE_CHECKING:
     from modelquant.models.spec import ModelSpec
 
 
+# The installed package folder: bundled recipes name `examples/digits/cnn.safetensors`, which lives
+# here, so they run from any directory and from a copy saved with `recipes show NAME > x.yaml`.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
 def resolve_path(path: Path, base_dirs: list[Path], what: str) -> Path:
-    """A recipe path, tried as given (relative to the working directory), then beside the recipe."""
+    """A relative recipe path, looked up in order: the working directory, beside the recipe, then
+    inside the installed modelquant package (where the bundled examples live); the first that exists
+    wins."""
     if path.is_absolute():
         candidates = [path]
     else:
-        candidates = [Path.cwd() / path, *(d / path for d in base_dirs)]
+        candidates = list(
+            dict.fromkeys([Path.cwd() / path, *(d / path for d in base_dirs), PACKAGE_DIR / path])
+        )
     for candidate in candidates:
         if candidate.exists():
             return candidate

@@ -3,7 +3,6 @@ runs (what `--dry-run` prints)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -160,10 +159,9 @@ class Plan:
         return f"move it before the export in stage {exported_at}"
 
     def _check_packages(self) -> None:
-        for stage in self.stages:
-            for module, install in stage.requires(self.targets).items():
-                if importlib.util.find_spec(module) is None:
-                    raise UserError(
-                        f"stage '{stage.name}' needs the Python package '{module}', which is not "
-                        f"installed: {install}"
-                    )
+        from modelquant import extras
+
+        for i, stage in enumerate(self.stages, 1):
+            for module, purpose in stage.requires(self.targets).items():
+                if not extras.available(module):
+                    raise extras.missing(module, f"stage {i} {stage.name}: {purpose}")

@@ -89,8 +89,9 @@ class Stage(ABC):
         return copy.deepcopy(state.module)
 
     def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
-        """Python modules this stage needs with these settings -> the install that provides them
-        (checked before anything runs, so a missing one is bad input, not a crash)."""
+        """Python modules this stage needs with these settings -> what for (names in
+        `modelquant.extras.OPTIONAL`); checked before anything runs, so a missing one is bad input
+        naming the install, not a crash."""
         return {}
 
     @abstractmethod

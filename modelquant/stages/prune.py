@@ -153,7 +153,7 @@ class Prune(Stage):
 
     def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
         if self.config.method == "structured":
-            return {"torch_pruning": 'pip install "torch-pruning>=1.5" (a modelquant dependency)'}
+            return {"torch_pruning": "structured pruning"}
         return {}
 
     def targeted(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -273,8 +273,10 @@ class Prune(Stage):
     # ------------------------------------------------------------------ structured
     def _structured(self, model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
         import torch
-        import torch_pruning as tp
 
+        from modelquant.extras import require
+
+        tp: Any = require("torch_pruning", "structured pruning")
         cfg = self.config
         layers = self.targeted(model)
         train = ctx.data("train")

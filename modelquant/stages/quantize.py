@@ -308,6 +308,12 @@ class Quantize(Stage):
     uses_targets = True  # the NPU variant is made when the targets include npu
     config: QuantizeConfig
 
+    def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
+        # The variant is only worth making where the HTP can run it: refuse early, naming the extra.
+        if "npu" in targets and self.config.mode == "static":
+            return {"onnxruntime_qnn": "evaluate.backends lists npu: the NPU variant"}
+        return {}
+
     def artifact_name(self) -> str:
         return f"model.{self.config.precision}.onnx"
 
@@ -373,10 +379,6 @@ class Quantize(Stage):
                         percentile=cfg.calibration.percentile,
                         nodes_to_exclude=kept or None,
                     )
-            except ImportError as exc:
-                raise UserError(
-                    f"the npu variant needs modelquant[npu] (onnxruntime-qnn): {exc}"
-                ) from None
             except (UserError, StageError):
                 raise
             except Exception as exc:

@@ -64,7 +64,7 @@ def _recipe(tmp_path: Path, evaluation: dict[str, object]) -> Path:
     ("evaluation", "expected"),
     [
         ({"source": "npz", "path": "x.npz", "split": "test"}, "source npz has no splits"),
-        ({"source": "digits"}, "source digits needs split: one of train, test, all"),
+        ({"source": "digits"}, "source digits needs split: one of train, val, test, all"),
         ({"source": "digits", "split": "tests"}, "needs split"),
         ({"source": "digits", "split": "test", "path": "x.npz"}, "does not read path"),
     ],
