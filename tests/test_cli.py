@@ -80,7 +80,7 @@ def test_stages_can_open_the_validation_data(
     path.write_text(text)
     pipeline = Pipeline(load_recipe(path), path, tmp_path / "out")
     assert pipeline.plan.data("validation").description == "digits:val"
-    assert len(pipeline.data("validation")) == 270
+    assert len(pipeline.plan.data("validation")) == 270
 
 
 def test_misspelled_key_exits_2_with_line(
