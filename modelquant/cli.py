@@ -311,10 +311,17 @@ def evaluate(
         if not model.is_file():
             raise UserError(f"model file not found: {model}")
         onnx_file.check(model)
+        from modelquant.data.checks import ModelSignature, check_against_model
         from modelquant.evaluator import evaluate_model
         from modelquant.report.rows import fmt_ms
 
-        data = load_dataset(spec.data.evaluation, recipe.resolve().parent)
+        data = check_against_model(
+            "evaluation",
+            load_dataset(spec.data.evaluation, recipe.resolve().parent),
+            ModelSignature.from_onnx(model),
+            spec.task,
+            lambda m: err.print(f"[dim]· {escape(m)}[/]"),
+        )
         statuses: dict[str, BackendStatus] = {}
         # One model, timed once per backend and batch size (the pipeline's timing path).
         result = evaluate_model(

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from modelquant import metrics
-from modelquant.backends import Backend, bench, get_backend
+from modelquant.backends import Backend, BackendUnavailable, bench, get_backend
 from modelquant.backends.bench import Opened, fixed_batch, open_session
 from modelquant.data import Dataset
 from modelquant.errors import StageError, UserError
@@ -186,12 +186,18 @@ def _measure(
                         skipped="; ".join(refusals)
                     )
                 continue
-        outputs = {
-            role: on_cpu(p)
-            if backend_name == "cpu"
-            else model_outputs(p, samples, backend, threads=cfg.threads, batch_size=batch_size)
-            for role, p in paths.items()
-        }
+        try:
+            outputs = {
+                role: on_cpu(p)
+                if backend_name == "cpu"
+                else model_outputs(p, samples, backend, threads=cfg.threads, batch_size=batch_size)
+                for role, p in paths.items()
+            }
+        except BackendUnavailable as exc:
+            log(f"{backend_name} skipped: {exc}")
+            for role in models:
+                measured.results[role][backend_name] = BackendResult(skipped=str(exc))
+            continue
         for role, out in outputs.items():
             res = BackendResult(
                 accuracy=metrics.top1(out, labels[: len(out)]),

@@ -19,6 +19,12 @@ _REGISTRY = {
 }
 
 
+class BackendUnavailable(Exception):
+    """The backend said it can run here, but a session could not open on it (a GPU library
+    missing at load time, say). The run goes on with the backend marked skipped, with this
+    message as the reason."""
+
+
 class Backend(ABC):
     """One execution target. Backends differ only in how they open a session."""
 

@@ -6,7 +6,7 @@ import ctypes
 from pathlib import Path
 from typing import Any
 
-from modelquant.backends import Backend
+from modelquant.backends import Backend, BackendUnavailable
 from modelquant.backends.cpu import no_spinning
 from modelquant.environment import package_version
 
@@ -21,7 +21,7 @@ CLASH = (
 _CUDA_ERROR_NO_DEVICE = 100
 
 
-class CudaUnavailable(Exception):
+class CudaUnavailable(BackendUnavailable):
     """A GPU session was asked for but onnxruntime could not open one."""
 
 

@@ -196,7 +196,12 @@ def check_placement(
             if _has_external_data(model):
                 raise NpuError(f"{path} has unnamed nodes and external data; name its nodes first")
             onnx.save(model, str(probe_path))
-        result, log = _run_probe(probe_path, batch_size, timeout_s)
+        try:
+            result, log = _run_probe(probe_path, batch_size, timeout_s)
+        except subprocess.TimeoutExpired:
+            raise NpuError(
+                f"the HTP placement probe did not finish within {timeout_s:.0f} s"
+            ) from None
     order = {node.name: (i, node.op_type) for i, node in enumerate(model.graph.node)}
     verdicts = _failed_verdicts(log)
     if result["assignment"] is not None:

@@ -79,3 +79,48 @@ def test_only_a_gate_exits_1(write_recipe: Callable[..., Path], tmp_path: Path) 
     result = compress(write_recipe(), tmp_path / "out", "--set", "gates.max_size_ratio=0.01")
     assert result.exit_code == 1
     assert "max_size_ratio" in last_line(result)
+
+
+def _export(module: object, sample: object, path: Path, name: str) -> Path:
+    import torch
+
+    torch.onnx.export(
+        module,  # type: ignore[arg-type]
+        (sample,),
+        str(path),
+        dynamo=False,
+        input_names=[name],
+        output_names=["out"],
+        dynamic_axes={name: {0: "batch"}, "out": {0: "batch"}},
+    )
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_evaluate_with_a_model_the_data_does_not_fit_exits_2(
+    write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from modelquant.cli import app
+    from tests.robustness.conftest import runner
+
+    model = _export(torch.nn.Linear(10, 3), torch.zeros(2, 10), tmp_path / "m.onnx", "features")
+    result = runner.invoke(app, ["evaluate", str(write_recipe()), "-m", str(model)])
+    assert result.exit_code == 2, result.output
+    assert "data.evaluation" in last_line(result)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_evaluate_with_another_input_name_maps_the_one_array(
+    write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from modelquant.cli import app
+    from tests.robustness.conftest import runner
+    from tests.tiny_models import build
+
+    model = _export(build(8, 32), torch.zeros(2, 1, 8, 8), tmp_path / "m.onnx", "x")
+    result = runner.invoke(app, ["evaluate", str(write_recipe()), "-m", str(model), "--json"])
+    assert result.exit_code == 0, result.output
