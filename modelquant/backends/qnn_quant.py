@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+
+from modelquant.schemes import quiet_quantizer
 
 Activations = Literal["uint8", "uint16"]
 Weights = Literal["uint8", "int8"]
@@ -55,7 +53,7 @@ def qnn_prepare(fp32_path: Path | str, folder: Path, batch_size: int = 1) -> Pat
 
     fixed = fix_batch(fp32_path, Path(folder) / "fixed.onnx", batch_size)
     prepared = Path(folder) / "prepared.onnx"
-    with _quiet():
+    with quiet_quantizer():
         return prepared if qnn_preprocess_model(str(fixed), str(prepared)) else fixed
 
 
@@ -87,7 +85,7 @@ def qnn_quantize(
     }[calibration]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet():
+    with quiet_quantizer():
         config = get_qnn_qdq_config(
             str(source),
             reader,
@@ -131,17 +129,3 @@ def qnn_variant(
             percentile=percentile,
             nodes_to_exclude=nodes_to_exclude,
         )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime.quantization logs advice at WARNING through the root logger and its histogram
-    calibrators print progress to stdout, which must stay clean for --json."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)

@@ -11,7 +11,10 @@ and adding a precision is that module plus one import line at the bottom of this
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -20,6 +23,29 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from modelquant.stages.base import StageContext
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """onnxruntime.quantization logs advice through the root logger at WARNING and its histogram
+    calibrators print progress to stdout, which must stay clean for --json."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def check_precision(value: str) -> str:
+    """A recipe's precision must be a registered one (pydantic validators call this)."""
+    if value not in registered_precisions():
+        raise ValueError(
+            f"unknown precision '{value}' (registered: {', '.join(registered_precisions())})"
+        )
+    return value
 
 
 class SchemeConfig(BaseModel):

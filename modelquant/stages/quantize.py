@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import io
-import logging
 import os
 import re
 import tempfile
@@ -21,8 +19,9 @@ from modelquant.layer_rules import rule_matches
 from modelquant.schemes import (
     QuantPlan,
     Scheme,
+    check_precision,
     float_precisions,
-    registered_precisions,
+    quiet_quantizer,
     scheme_for,
 )
 from modelquant.schemes.calibration import (
@@ -47,14 +46,7 @@ class OverrideRule(BaseModel):
         "fp32", description="Precision for matched layers: fp32 (kept in float) or the stage's."
     )
 
-    @field_validator("precision")
-    @classmethod
-    def _registered(cls, v: str) -> str:
-        if v not in registered_precisions():
-            raise ValueError(
-                f"unknown precision '{v}' (registered: {', '.join(registered_precisions())})"
-            )
-        return v
+    _registered = field_validator("precision")(check_precision)
 
 
 class NpuVariantConfig(BaseModel):
@@ -104,14 +96,7 @@ class QuantizeConfig(StageConfig):
         description="The NPU variant, made when evaluate.backends lists npu (QNN QDQ flavour).",
     )
 
-    @field_validator("precision")
-    @classmethod
-    def _registered(cls, v: str) -> str:
-        if v not in registered_precisions():
-            raise ValueError(
-                f"unknown precision '{v}' (registered: {', '.join(registered_precisions())})"
-            )
-        return v
+    _registered = field_validator("precision")(check_precision)
 
     @model_validator(mode="after")
     def _scheme_takes_its_settings(self) -> QuantizeConfig:
@@ -267,20 +252,6 @@ def _inside(folder: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime.quantization logs advice through the root logger at WARNING and its histogram
-    calibrators print progress to stdout, which must stay clean for --json."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def split_rules(chosen: dict[str, str], precision: str) -> list[str]:
     """The node names kept in float; a rule asking for a third precision is a UserError."""
     floats = float_precisions()
@@ -329,7 +300,7 @@ class Quantize(Stage):
         out = ctx.work_dir / "model.onnx"
         ctx.details.update(precision=cfg.precision, mode=cfg.mode, scheme=scheme.name)
         try:
-            with _quiet():
+            with quiet_quantizer():
                 source = (
                     self._preprocess(state.onnx_path, ctx) if cfg.preprocess else state.onnx_path
                 )
@@ -361,7 +332,7 @@ class Quantize(Stage):
         out = ctx.work_dir / "model.npu.onnx"
         with tempfile.TemporaryDirectory(prefix="mq-npu-") as tmp:
             try:
-                with _quiet():
+                with quiet_quantizer():
                     prepared = qnn_prepare(source, Path(tmp), npu.batch_size)
                     chosen = resolve_rules(prepared, cfg.overrides, "NPU variant's graph")
                     kept = split_rules(chosen, cfg.precision)
