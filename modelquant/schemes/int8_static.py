@@ -9,30 +9,27 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from modelquant.schemes import QuantPlan, SchemeConfig, register_scheme
+from modelquant.schemes import QuantPlan, register_scheme
 from modelquant.schemes.calibration import (
     CalibrationConfig,
     calibration_method,
     calibration_reader,
     ranges_key,
 )
-from modelquant.schemes.int8_dynamic import qtype
+from modelquant.schemes.int8_dynamic import Int8DynamicConfig, qtype
 
 if TYPE_CHECKING:
     from modelquant.stages.base import StageContext
 
 
-class Int8StaticConfig(SchemeConfig):
+class Int8StaticConfig(Int8DynamicConfig):
+    """Static INT8: the dynamic scheme's weight settings plus activations and calibration."""
+
     format: Literal["qdq", "qoperator"] = Field(
         "qdq", description="QDQ (Quantize/DequantizeLinear pairs) or QOperator (QLinearConv, ...)."
     )
     activations: Literal["uint8", "int8"] = Field(
         "uint8", description="Activation type (uint8 is the fast path on x86 CPUs)."
-    )
-    weights: Literal["int8", "uint8"] = Field("int8", description="Weight type.")
-    per_channel: bool = Field(True, description="One scale per output channel of each weight.")
-    reduce_range: bool = Field(
-        False, description="7-bit weights, for x86 CPUs without VNNI (avoids saturation)."
     )
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 

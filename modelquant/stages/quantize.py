@@ -29,6 +29,7 @@ from modelquant.schemes.calibration import (
     CalibrationConfig,
     calibration_reader,
 )
+from modelquant.schemes.int8_static import Int8StaticConfig
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.state import ModelState
 
@@ -60,9 +61,10 @@ class NpuVariantConfig(BaseModel):
     per_channel: bool = Field(False, description="Per-channel weight scales in the variant.")
 
 
-class QuantizeConfig(StageConfig):
-    """The stage's settings: which scheme (precision, mode), the scheme's own settings (flat, as
-    recipes write them), pre-processing, layer rules and the NPU variant."""
+class QuantizeConfig(Int8StaticConfig, StageConfig):
+    """The stage's settings: which scheme (precision, mode), the schemes' own settings (inherited
+    from their config classes, flat, as recipes write them), pre-processing, layer rules and the
+    NPU variant."""
 
     precision: str = Field(
         "int8", description="Target precision: a registered one (int8; fp32 keeps float)."
@@ -70,19 +72,6 @@ class QuantizeConfig(StageConfig):
     mode: Literal["static", "dynamic"] = Field(
         "static", description="static: calibrated activation ranges; dynamic: ranges at run time."
     )
-    # The schemes' settings; each scheme takes the ones its config declares.
-    format: Literal["qdq", "qoperator"] = Field(
-        "qdq", description="QDQ (Quantize/DequantizeLinear pairs) or QOperator (QLinearConv, ...)."
-    )
-    activations: Literal["uint8", "int8"] = Field(
-        "uint8", description="Activation type (uint8 is the fast path on x86 CPUs)."
-    )
-    weights: Literal["int8", "uint8"] = Field("int8", description="Weight type.")
-    per_channel: bool = Field(True, description="One scale per output channel of each weight.")
-    reduce_range: bool = Field(
-        False, description="7-bit weights, for x86 CPUs without VNNI (avoids saturation)."
-    )
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     preprocess: bool = Field(
         True, description="Run onnxruntime's quant_pre_process (graph optimization) first."
     )
