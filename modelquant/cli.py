@@ -219,7 +219,8 @@ def compress(
 ) -> None:
     """Run a recipe: stages, then baseline vs compressed on each backend, then gates.
 
-    Exit codes: 0 all gates passed, 1 a gate failed, 2 bad input, 3 a stage failed.
+    Exit codes: 0 all gates passed, 1 a gate failed, 2 bad input, 3 a stage failed or an
+    unexpected error (one line naming the step; --debug for the traceback).
     """
 
     def work() -> None:
