@@ -112,6 +112,7 @@ RecipeArg = Annotated[
         help="Recipe YAML file, or the name of a bundled recipe (see `recipes list`).",
         show_default=False,
         callback=_recipe_path,
+        metavar="RECIPE",
     ),
 ]
 SetOpt = Annotated[
@@ -250,7 +251,9 @@ def compress(
         failed = [g for g in report.gates if not g.passed]
         if failed:
             names = escape("; ".join(f"{g.name} ({g.detail or g.value})" for g in failed))
-            raise GateFailed(f"{len(failed)} gate(s) failed: {names}. Report: {pipeline.out_dir}")
+            raise GateFailed(
+                f"{len(failed)} gate(s) failed: {names}. Report: {pipeline.out_dir / 'report.json'}"
+            )
         err.print(f"[green]done[/]: all gates passed. Report: {pipeline.out_dir / 'report.json'}")
 
     _run_guarded(work, debug)
@@ -407,7 +410,8 @@ def _csv(text: str) -> list[str]:
 @app.command()
 def benchmark(
     models: Annotated[
-        list[Path], typer.Argument(help="One ONNX model, or two to compare (baseline first).")
+        list[Path],
+        typer.Argument(help="One ONNX model, or two to compare (baseline first).", metavar="MODEL"),
     ],
     backend: Annotated[str, typer.Option("--backend", "-b", help="Backends, comma-separated.")] = (
         "cpu"
@@ -500,7 +504,7 @@ def recipes_list() -> None:
 
 @recipes_app.command("show")
 def recipes_show(
-    name: Annotated[str, typer.Argument(help="Recipe name or file.")],
+    name: Annotated[str, typer.Argument(help="Recipe name or file.", metavar="NAME")],
 ) -> None:
     """Print a recipe file exactly as it is (`recipes show NAME > my.yaml` copies it)."""
 
@@ -513,7 +517,9 @@ def recipes_show(
 
 @recipes_app.command("validate")
 def recipes_validate(
-    files: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
+    files: Annotated[
+        list[Path], typer.Argument(help="Recipe files.", show_default=False, metavar="FILE")
+    ],
 ) -> None:
     """Validate recipe files (syntax, keys, types); exit 2 if any is invalid."""
     from modelquant.recipe import load_recipe

@@ -103,10 +103,14 @@ class ModelSignature:
         return cls(None, None, float_dtype, probe)
 
     def named_after(self, data: Dataset) -> ModelSignature:
-        """For a torch model, the input names its ONNX export gets: the evaluation data's."""
+        """For a torch model, the inputs its ONNX export gets: the evaluation data's names and
+        row shapes (the model ran on them), so other entries are held to the same."""
         if self.inputs is not None:
             return self
-        return dataclasses.replace(self, inputs=tuple(InputSignature(n) for n in data.inputs))
+        inputs = tuple(
+            InputSignature(n, None, (None, *a.shape[1:])) for n, a in data.inputs.items()
+        )
+        return dataclasses.replace(self, inputs=inputs)
 
 
 # ---------------------------------------------------------------- one entry against the model

@@ -88,24 +88,36 @@ def fmt_list(values: list[Any]) -> str:
     return f"{shown} +{more} more" if more > 0 else shown
 
 
+def _short(value: Any, nested: bool = False) -> str:
+    """A detail value as people read it: floats rounded, long lists cut, nested tables counted."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, dict):
+        if set(value) == {"before", "after"}:
+            return f"{_short(value['before'], True)}->{_short(value['after'], True)}"
+        if nested:
+            return _entries(len(value))
+        return ", ".join(f"{k}={_short(v, True)}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict | list) for v in value):
+            return _entries(len(value))
+        if nested and all(isinstance(v, int) for v in value):
+            return "x".join(map(str, value))
+        return fmt_list(value)
+    return str(value)
+
+
+def _entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'} (in report.json)"
+
+
 def stage_notes(settings: dict[str, Any], details: dict[str, Any]) -> str:
     """What a stage reported beyond its settings, as short key: value pairs."""
-    parts = []
-    for key, value in details.items():
-        if key in settings and settings[key] == value:
-            continue
-        if isinstance(value, dict):
-            value = ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in value.items()
-                if not isinstance(v, dict | list)
-            )
-        elif isinstance(value, float):
-            value = f"{value:.3g}"
-        elif isinstance(value, list):
-            value = fmt_list(value)
-        parts.append(f"{key}: {value}")
-    return "; ".join(parts)
+    return "; ".join(
+        f"{key}: {_short(value)}"
+        for key, value in details.items()
+        if not (key in settings and settings[key] == value)
+    )
 
 
 def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:

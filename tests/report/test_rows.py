@@ -140,3 +140,20 @@ def test_stage_notes_name_the_kept_float_layers() -> None:
     assert "[8]" not in notes and "sparsity: 0.123" in notes
     assert stage_notes({}, {"kept_float": []}) == "kept_float: none"
     assert stage_notes({}, {"kept_float": KEPT[:2]}) == f"kept_float: {KEPT[0]}, {KEPT[1]}"
+
+
+def test_stage_notes_render_nested_details_for_people() -> None:
+    from modelquant.report.rows import stage_notes
+
+    notes = stage_notes(
+        {},
+        {
+            "shapes": {"conv": {"before": [16, 1, 3, 3], "after": [8, 1, 3, 3]}},
+            "finetune": [{"loss_first_epoch": 1.2575057618243892, "loss_last_epoch": 0.1}],
+            "empty": {},
+        },
+    )
+    assert "shapes: conv=16x1x3x3->8x1x3x3" in notes
+    assert "finetune: 1 entry (in report.json)" in notes
+    assert "1.2575057618243892" not in notes and "{" not in notes
+    assert "empty: none" in notes
