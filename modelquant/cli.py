@@ -411,7 +411,7 @@ def _csv(text: str) -> list[str]:
 def benchmark(
     models: Annotated[
         list[Path],
-        typer.Argument(help="One ONNX model, or two to compare (baseline first).", metavar="MODEL"),
+        typer.Argument(help="One ONNX model, or two to compare (baseline first)."),
     ],
     backend: Annotated[str, typer.Option("--backend", "-b", help="Backends, comma-separated.")] = (
         "cpu"
@@ -517,9 +517,7 @@ def recipes_show(
 
 @recipes_app.command("validate")
 def recipes_validate(
-    files: Annotated[
-        list[Path], typer.Argument(help="Recipe files.", show_default=False, metavar="FILE")
-    ],
+    files: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
 ) -> None:
     """Validate recipe files (syntax, keys, types); exit 2 if any is invalid."""
     from modelquant.recipe import load_recipe
