@@ -210,7 +210,7 @@ def _probe(entry: str, inputs: Batch, probe: Probe) -> tuple[int, ...]:
 
 
 def _check_labels(
-    entry: str, role: str, labels: np.ndarray | None, num_classes: int | None, log: Log
+    entry: str, role: str, labels: np.ndarray | None, num_classes: int | None
 ) -> np.ndarray | None:
     if labels is None:
         if role == "evaluation":
@@ -284,7 +284,7 @@ def check_against_model(
             num_classes = out[-1]
     labels = data.labels
     if task == "classification":
-        labels = _check_labels(entry, role, labels, num_classes, log)
+        labels = _check_labels(entry, role, labels, num_classes)
     same = (
         labels is data.labels
         and all(fitted[n] is data.inputs.get(n) for n in fitted)

@@ -56,7 +56,7 @@ def load(split: str | None) -> Dataset:
     return Dataset({INPUT_NAME: x}, y, f"digits:{split}")
 
 
-@register_data_source("digits", splits=("train", "val", "test", "all"))
+@register_data_source("digits", splits=SPLITS)
 def load_source(spec: DataSpec, base_dir: Path) -> Dataset:
-    """scikit-learn's bundled 8x8 handwritten digits: 10 classes, fixed train/test split."""
+    """scikit-learn's bundled 8x8 handwritten digits: 10 classes, fixed train/val/test splits."""
     return load(spec.split)

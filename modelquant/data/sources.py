@@ -53,15 +53,14 @@ def register_data_source(
 
 
 def data_file(spec: DataSpec, base_dir: Path, kind: str) -> Path:
-    """The existing file a file source's `path:` names (relative paths: beside the recipe)."""
+    """The existing file a file source's `path:` names, looked up as every recipe path is
+    (`models.resolve_path`: the working directory, beside the recipe, the package)."""
     from modelquant.errors import UserError
+    from modelquant.models import resolve_path
 
     if spec.path is None:
         raise UserError(f"the {spec.source} source needs path: <file.{kind}>")
-    path = spec.path if spec.path.is_absolute() else base_dir / spec.path
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
-    return path
+    return resolve_path(spec.path, [base_dir], "data file")
 
 
 def registered_data_sources() -> dict[str, DataSource]:

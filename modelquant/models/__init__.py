@@ -1,5 +1,5 @@
-"""Model sources behind one registry: each says whether a model spec is its kind, checks it
-cheaply, loads it into a `ModelState`, and names what the model's cache key is made of.
+"""Model sources behind one registry: each says whether a model spec is its kind, loads it into a
+`ModelState`, and names what the model's cache key is made of.
 
 Adding a source (Hugging Face next) is one module with `@register_model_source("name")` and one
 import line in `_load_sources`."""
@@ -49,10 +49,6 @@ class ModelSource(ABC):
         """Whether `spec` names a model of this kind."""
 
     @abstractmethod
-    def check(self, spec: ModelSpec, base_dirs: list[Path]) -> None:
-        """The cheap checks (files exist, code importable), for --dry-run; raise UserError."""
-
-    @abstractmethod
     def load(self, spec: ModelSpec, base_dirs: list[Path]) -> ModelState:
         """The model as a `ModelState`; problems with files or weights are `UserError`s."""
 
@@ -93,11 +89,6 @@ def source_of(spec: ModelSpec) -> ModelSource:
         if source.claims(spec):
             return source
     raise UserError("the recipe's model names no known kind of model (factory or onnx)")
-
-
-def check_model_spec(spec: ModelSpec, base_dirs: list[Path]) -> None:
-    """The cheap checks of a model spec (files exist, factory importable), for --dry-run."""
-    source_of(spec).check(spec, base_dirs)
 
 
 def load_model(spec: ModelSpec, base_dirs: list[Path]) -> ModelState:

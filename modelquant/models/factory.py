@@ -107,12 +107,6 @@ class FactorySource(ModelSource):
     def claims(self, spec: ModelSpec) -> bool:
         return spec.factory is not None
 
-    def check(self, spec: ModelSpec, base_dirs: list[Path]) -> None:
-        assert spec.factory is not None
-        import_factory(spec.factory, base_dirs)
-        if spec.checkpoint is not None:
-            resolve_path(spec.checkpoint, base_dirs, "checkpoint")
-
     def load(self, spec: ModelSpec, base_dirs: list[Path]) -> ModelState:
         assert spec.factory is not None
         module = build(spec.factory, spec.kwargs, base_dirs)

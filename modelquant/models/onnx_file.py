@@ -213,10 +213,6 @@ class OnnxSource(ModelSource):
     def claims(self, spec: ModelSpec) -> bool:
         return spec.onnx is not None
 
-    def check(self, spec: ModelSpec, base_dirs: list[Path]) -> None:
-        assert spec.onnx is not None
-        resolve_path(spec.onnx, base_dirs, "ONNX model")
-
     def load(self, spec: ModelSpec, base_dirs: list[Path]) -> ModelState:
         assert spec.onnx is not None
         path = resolve_path(spec.onnx, base_dirs, "ONNX model")

@@ -56,18 +56,21 @@ class Plan:
         raise ValueError(f"unknown data role {role!r} (known: {', '.join(DATA_ROLES)})")
 
     def data(self, role: str) -> Dataset:
-        """The data of a role, loaded once."""
-        if role not in self._data:
-            spec = self.data_spec(role)
-            if spec is None:
-                raise UserError(f"a stage needs data.{role}, and the recipe has none")
-            if role == "validation" and self.recipe.data.validation is None:
-                self.log(
-                    "no data.validation: stages report their accuracies on data.evaluation; "
-                    "add a validation entry so that settings are not chosen on gated data"
-                )
-            self._data[role] = load_dataset(spec, self.base_dirs[0])
-        return self._data[role]
+        """The data of a role, loaded once per data entry (roles that fall back to another entry
+        share its data set)."""
+        key = self._key(role)
+        if key not in self._data:
+            self._data[key] = load_dataset(self._spec(role), self.base_dirs[0])
+        return self._data[key]
+
+    def _key(self, role: str) -> str:
+        return self._spec(role).model_dump_json()
+
+    def _spec(self, role: str) -> DataSpec:
+        spec = self.data_spec(role)
+        if spec is None:
+            raise UserError(f"a stage needs data.{role}, and the recipe has none")
+        return spec
 
     def roles(self) -> list[str]:
         """The data roles this run reads: evaluation always, plus what the stages read."""
@@ -79,9 +82,7 @@ class Plan:
     # ------------------------------------------------------------------ checks
     def check(self) -> list[str]:
         """Check files, packages, data and the stage chain; the plan as lines. Raises UserError."""
-        from modelquant.models import check_model_spec
-
-        check_model_spec(self.recipe.model, list(self.base_dirs))
+        self.model()  # a missing file, an unimportable factory, a checkpoint that does not fit
         lines = [f"model: {self.recipe.model.factory or self.recipe.model.onnx}"]
         lines += self._check_chain()
         self._check_packages()
@@ -110,21 +111,25 @@ class Plan:
             else ModelSignature.from_torch(model.module)
         )
         roles = self.roles()
+        if "validation" in roles and self.recipe.data.validation is None:
+            self.log(
+                "no data.validation: stages report their accuracies on data.evaluation; "
+                "add a validation entry so that settings are not chosen on gated data"
+            )
         names = entry_names(self.recipe, roles)
+        checked: set[str] = set()
         # Evaluation first: a torch model's ONNX export takes its input names from that data.
         for role in sorted(roles, key=lambda r: r != "evaluation"):
-            self._data[role] = check_against_model(
-                role, self.data(role), signature, self.recipe.task, self.log, entry=names[role]
-            )
+            key = self._key(role)
+            if key not in checked:
+                checked.add(key)
+                self._data[key] = check_against_model(
+                    role, self.data(role), signature, self.recipe.task, self.log, names[role]
+                )
             if role == "evaluation":
-                signature = signature.named_after(self._data[role])
+                signature = signature.named_after(self._data[key])
         own = [r for r in roles if r != "validation" or self.recipe.data.validation is not None]
-        check_overlap({r: (self._spec(r), self._data[r]) for r in own}, names)
-
-    def _spec(self, role: str) -> DataSpec:
-        spec = self.data_spec(role)
-        assert spec is not None
-        return spec
+        check_overlap({r: (self._spec(r), self.data(r)) for r in own}, names)
 
     def _check_chain(self) -> list[str]:
         onnx_model = self.recipe.model.onnx is not None
