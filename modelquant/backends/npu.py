@@ -240,11 +240,12 @@ def batch_dim_params(path: Path | str) -> list[str]:
     """Names of the symbolic batch dimensions (axis 0 of the graph inputs) of an ONNX model."""
     import onnx
 
+    from modelquant.models.onnx_file import graph_inputs
+
     model = onnx.load(str(path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
     names: list[str] = []
-    for value in model.graph.input:
-        if value.name in initializers or not value.type.tensor_type.HasField("shape"):
+    for value in graph_inputs(model.graph):
+        if not value.type.tensor_type.HasField("shape"):
             continue
         dims = value.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_param") and dims[0].dim_param not in names:

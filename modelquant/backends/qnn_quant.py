@@ -21,10 +21,11 @@ def fix_batch(src: Path | str, dst: Path | str, batch_size: int) -> Path:
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    from modelquant.models.onnx_file import graph_inputs
+
     model = onnx.load(str(src))
-    initializers = {t.name for t in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in initializers or not value.type.tensor_type.HasField("shape"):
+    for value in graph_inputs(model.graph):
+        if not value.type.tensor_type.HasField("shape"):
             continue
         dims = value.type.tensor_type.shape.dim
         if not dims:
@@ -72,17 +73,14 @@ def qnn_quantize(
     overrides QNN needs) and write it to `out_path`. `nodes_to_exclude` are node names of
     `source`. uint16 activations use com.microsoft Q/DQ (below opset 21); int8 weights are
     symmetric. `reader` yields {input name: array} with the batch `source` is fixed to."""
-    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
+    from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    from modelquant.schemes.calibration import calibration_method
 
     act_type = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16}[activations]
     weight_type = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[weights]
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-        "distribution": CalibrationMethod.Distribution,
-    }[calibration]
+    method = calibration_method(calibration)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with quiet_quantizer():

@@ -61,8 +61,9 @@ class ModelSignature:
         """Inputs (initializers left out) and the classes of the first output, from the graph."""
         import onnx
 
+        from modelquant.models.onnx_file import graph_inputs
+
         graph = onnx.load(str(path), load_external_data=False).graph
-        initializers = {t.name for t in graph.initializer}
 
         def shape_of(value: Any) -> tuple[int | None, ...] | None:
             tensor = value.type.tensor_type
@@ -71,9 +72,7 @@ class ModelSignature:
             return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
 
         inputs = []
-        for value in graph.input:
-            if value.name in initializers:
-                continue
+        for value in graph_inputs(graph):
             elem = value.type.tensor_type.elem_type
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else None
             inputs.append(InputSignature(value.name, dtype, shape_of(value)))

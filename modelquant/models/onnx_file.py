@@ -57,10 +57,15 @@ def check(path: Path) -> None:
         raise UserError(f"{path} cannot be read as ONNX: {str(exc).splitlines()[0]}") from None
 
 
+def graph_inputs(graph: Any) -> list[Any]:
+    """The inputs a caller feeds: the graph's inputs that are not initializers (older exports
+    list their weights among the inputs too)."""
+    initializers = {t.name for t in graph.initializer}
+    return [value for value in graph.input if value.name not in initializers]
+
+
 def input_names(path: Path) -> tuple[str, ...]:
-    model = _load(path)
-    initializers = {t.name for t in model.graph.initializer}
-    return tuple(i.name for i in model.graph.input if i.name not in initializers)
+    return tuple(value.name for value in graph_inputs(_load(path).graph))
 
 
 def size_bytes(path: Path) -> int:

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelquant.errors import UserError
@@ -53,6 +52,7 @@ class CalibrationReader:
 
     def __init__(self, data: Dataset, batch_size: int, names: list[str]) -> None:
         self.batch_size = batch_size
+        self._fed = (data.content_hash(), names, batch_size)
         self._batches = [
             {n: b[n] for n in names} for b, _ in data.batches(batch_size, drop_last=True)
         ]
@@ -72,14 +72,9 @@ class CalibrationReader:
         return len(self._batches) * self.batch_size
 
     def content_hash(self) -> str:
-        """sha256 of exactly what is fed: each batch's input names, dtypes, shapes and bytes."""
-        digest = hashlib.sha256()
-        for batch in self._batches:
-            for name in sorted(batch):
-                array = np.ascontiguousarray(batch[name])
-                digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-                digest.update(array.tobytes())
-        return digest.hexdigest()
+        """What is fed, by content: the data's own hash, the inputs read and the batch size
+        (together they fix every batch)."""
+        return hashlib.sha256(json.dumps(self._fed).encode()).hexdigest()
 
 
 def calibration_reader(
@@ -117,15 +112,12 @@ def _fixed_batch(model: Path) -> int | None:
     calibration batch must have it)."""
     import onnx
 
-    graph = onnx.load(str(model), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-    for value in graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return int(dims[0].dim_value)
-        return None
+    from modelquant.models.onnx_file import graph_inputs
+
+    inputs = graph_inputs(onnx.load(str(model), load_external_data=False).graph)
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return int(dims[0].dim_value)
     return None
 
 
