@@ -162,6 +162,11 @@ def _root(
     pass
 
 
+def _progress(message: str) -> None:
+    """A progress line on stderr (stdout stays clean for --json); messages are text, not markup."""
+    err.print(f"[dim]· {escape(message)}[/]", highlight=False)
+
+
 def _fail(exc: ModelquantError) -> typer.Exit:
     err.print(f"[red]{exc.label}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)
@@ -232,7 +237,7 @@ def compress(
             clear_reports(peek_out_dir(recipe, out_dir))
         with step("reading the recipe"):
             spec = _load(recipe, overrides)
-        log = (lambda m: None) if as_json else (lambda m: err.print(f"[dim]· {m}[/]"))
+        log = (lambda m: None) if as_json else _progress
         pipeline = Pipeline(spec, recipe, out_dir, log=log)
         if dry_run:
             for line in pipeline.check():
@@ -324,7 +329,7 @@ def evaluate(
             load_dataset(spec.data.evaluation, recipe.resolve().parent),
             ModelSignature.from_onnx(model),
             spec.task,
-            lambda m: err.print(f"[dim]· {escape(m)}[/]"),
+            _progress,
         )
         statuses: dict[str, BackendStatus] = {}
         # One model, timed once per backend and batch size (the pipeline's timing path).

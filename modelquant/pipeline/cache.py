@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,6 +230,22 @@ class StageCache:
     @staticmethod
     def abandon(work: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
+
+    def file(self, entry: Path, name: str, make: Callable[[Path], object]) -> Path:
+        """`entry/name`, made by `make(path)` on a miss the way stages are: in a `.partial`
+        folder that becomes the entry only when `make` succeeded."""
+        if (entry / name).is_file():
+            return entry / name
+        work = self.begin(entry)
+        try:
+            make(work / name)
+        except BaseException:
+            self.abandon(work)
+            raise
+        if not self.writes:
+            return work / name
+        os.replace(work, entry)
+        return entry / name
 
     def commit(self, work: Path, entry: Path, new: ModelState, record: StageRecord) -> ModelState:
         """Save what the stage produced into its work folder, then rename it into place."""

@@ -48,7 +48,7 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     from modelquant.report import file_renderers
 
     renderers = file_renderers()
-    reports = {renderers[f][0]: renderers[f][0] for f in {*recipe.output.formats, "json"}}
+    reports = sorted(renderers[f][0] for f in {*recipe.output.formats, "json"})
     return Report(
         modelquant_version=__version__,
         status="passed" if all(g.passed for g in judged) else "gate_failed",
@@ -70,5 +70,5 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
         variants=measured.variants,
         deltas=deltas,
         gates=judged,
-        artifacts={**published, **dict(sorted(reports.items()))},
+        artifacts={**published, **{name: name for name in reports}},
     )

@@ -98,20 +98,13 @@ class Pipeline:
             self.plan.data("evaluation").content_hash(),
             cache.library_versions(),
         )
-        entry = self.cache.root / f"{label}-{key[:16]}"
-        path = entry / "model.onnx"
-        if not path.is_file():
+        module = state.module
+
+        def make(path: Path) -> None:
             self.log(f"exporting the {label} model to ONNX")
-            work = self.cache.begin(entry)
-            try:
-                self.export(state.module, work / "model.onnx")
-            except Exception:
-                self.cache.abandon(work)
-                raise
-            if not self.cache.writes:
-                return work / "model.onnx"
-            work.replace(entry)
-        return path
+            self.export(module, path)
+
+        return self.cache.file(self.cache.root / f"{label}-{key[:16]}", "model.onnx", make)
 
     def context(self, baseline: ModelState) -> StageContext:
         """The context every stage of this run gets (each with its own work folder)."""
