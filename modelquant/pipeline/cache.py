@@ -15,6 +15,7 @@ when it failed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -63,7 +64,9 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
+    """Versions of the keyed libraries (read once per process: they cannot change under it)."""
     from modelquant.environment import package_version
 
     return {dist: package_version(dist) for dist in KEYED_LIBRARIES}
