@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -58,16 +58,50 @@ C = TypeVar("C", bound=SchemeConfig)
 
 
 @dataclass(frozen=True)
+class LayerSettings:
+    """What a layer rule of the precision map asks for one node, beyond the stage's settings
+    (None: the stage's setting)."""
+
+    precision: str
+    per_channel: bool | None = None
+    symmetric: bool | None = None
+    calibration: str | None = None
+    """A calibration method name (minmax, percentile, entropy) for this node's activations."""
+    activations: str | None = None
+    """An activation type for this node's activations (e.g. uint16: the w8a16 precision)."""
+
+
+@dataclass(frozen=True)
 class QuantPlan(Generic[C]):
-    """What the quantize stage decided for one run of a handler, on the graph it quantizes."""
+    """What the quantize stage decided for one pass of a handler, on the graph it quantizes.
+
+    A model with one precision is one pass of its scheme (`only` None: every node the scheme can
+    quantize, less `kept_float`). A precision map with several precisions runs one pass per scheme,
+    in phase order; a scheme that a rule picked quantizes exactly `only`.
+    """
 
     config: C
     """The scheme's settings."""
     kept_float: tuple[str, ...] = ()
-    """Node names (of the graph handed to the handler) that must stay in float."""
+    """Node names (of the graph handed to the handler) this pass must leave alone: kept in float
+    or given to another scheme."""
+    only: tuple[str, ...] | None = None
+    """When set, the node names this pass quantizes, and no other."""
+    layers: Mapping[str, LayerSettings] = field(default_factory=dict)
+    """Per-node settings from the layer rules, for nodes this pass quantizes."""
 
 
 Handler = Callable[[Path, Path, QuantPlan[C], "StageContext"], dict[str, Any]]
+Applied = Callable[[Any, Any, set[str]], bool]
+"""`applied(node_before, model_after, weights)`: whether the scheme's precision reached this node
+(a NodeProto of the graph handed in, the ModelProto written, that graph's initializer names)."""
+
+PHASE_WEIGHTS = 0
+"""Weight-only rewrites of float ops (int4 MatMulNBits) run first, on the float graph."""
+PHASE_QDQ = 1
+"""Calibrated or dynamic Q/DQ insertion (int8, fp8) runs next."""
+PHASE_CAST = 2
+"""Float-type conversion (fp16) runs last, on the nodes no other pass touched."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +116,11 @@ class Scheme(Generic[C]):
     handler: Handler[C]
     keeps_float: bool = False
     """True for the float 'scheme' (fp32): nodes given its precision are left unquantized."""
+    phase: int = PHASE_QDQ
+    """When its pass runs in a precision map with several schemes (PHASE_*)."""
+    applied: Applied | None = None
+    """How to see in the written graph that a node got this precision (None: the quantize
+    stage's integer-op check)."""
 
     def quantize(
         self, source: Path, out: Path, plan: QuantPlan[C], ctx: StageContext
@@ -100,6 +139,8 @@ def register_scheme(
     config: type[C],
     mode: str | None = None,
     keeps_float: bool = False,
+    phase: int = PHASE_QDQ,
+    applied: Applied | None = None,
 ) -> Callable[[Handler[C]], Handler[C]]:
     """Function decorator: make `handler` the scheme `name` (once), picked by `precision` and
     `mode` in a recipe's quantize stage, with settings validated by `config`."""
@@ -113,7 +154,9 @@ def register_scheme(
                 f"scheme '{name}' and '{clash[0]}' both claim precision '{precision}', "
                 f"mode '{mode}'"
             )
-        _REGISTRY[name] = Scheme(name, precision, mode, config, handler, keeps_float)
+        _REGISTRY[name] = Scheme(
+            name, precision, mode, config, handler, keeps_float, phase, applied
+        )
         return handler
 
     return decorate
@@ -155,6 +198,10 @@ def scheme_for(precision: str, mode: str | None = None) -> Scheme[Any]:
 from modelquant.schemes import fp32, int8_dynamic, int8_static  # noqa: E402
 
 __all__ = [
+    "PHASE_CAST",
+    "PHASE_QDQ",
+    "PHASE_WEIGHTS",
+    "LayerSettings",
     "QuantPlan",
     "Scheme",
     "SchemeConfig",

@@ -140,3 +140,47 @@ def ranges_key(model: Path, reader: CalibrationReader, calibration: CalibrationC
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
+
+
+def activation_ranges(
+    model: Path, reader: CalibrationReader, calibration: CalibrationConfig, cache_dir: Path
+) -> dict[str, tuple[float, float]]:
+    """Tensor name -> (low, high) computed by onnxruntime's calibrator for `calibration.method`,
+    cached by content like the scheme's own ranges: how a layer rule's calibration method reaches
+    the quantizer (as `rmin`/`rmax` overrides of that layer's tensors)."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    cache = cache_dir / "calibration" / f"{ranges_key(model, reader, calibration)}.ranges.json"
+    if cache.is_file():
+        return {k: (v[0], v[1]) for k, v in json.loads(cache.read_text()).items()}
+    extra: dict[str, Any] = {"symmetric": calibration.symmetric}
+    if calibration.method == "percentile":
+        extra["percentile"] = calibration.percentile
+    with tempfile.TemporaryDirectory(prefix="mq-calib-") as tmp:
+        calibrator = create_calibrator(
+            model,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=calibration_method(calibration.method),
+            extra_options=extra,
+        )
+        reader.rewind()
+        calibrator.collect_data(reader)
+        data = calibrator.compute_data()
+        reader.rewind()
+    ranges = {
+        name: (float(_scalar(t.range_value[0])), float(_scalar(t.range_value[1])))
+        for name, t in data.data.items()
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = cache.with_name(f".{cache.name}.tmp")
+    tmp_file.write_text(json.dumps(ranges, sort_keys=True))
+    tmp_file.replace(cache)
+    return ranges
+
+
+def _scalar(value: Any) -> float:
+    import numpy as np
+
+    return float(np.asarray(value).reshape(-1)[0])

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from modelquant.errors import UserError
 from modelquant.schemes import QuantPlan, SchemeConfig, register_scheme
 
 if TYPE_CHECKING:
@@ -26,7 +27,12 @@ def qtype(name: str) -> Any:
     """onnxruntime's QuantType for a type name of the recipe."""
     from onnxruntime.quantization import QuantType
 
-    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
+    return {
+        "uint8": QuantType.QUInt8,
+        "int8": QuantType.QInt8,
+        "uint16": QuantType.QUInt16,
+        "int16": QuantType.QInt16,
+    }[name]
 
 
 def dynamic_names(nodes: tuple[str, ...]) -> list[str]:
@@ -43,6 +49,19 @@ def quantize(
     from onnxruntime.quantization import quantize_dynamic
 
     cfg = plan.config
+    asked = sorted(
+        {
+            k
+            for layer in plan.layers.values()
+            for k in ("activations", "symmetric", "calibration")
+            if getattr(layer, k) is not None
+        }
+    )
+    if asked:
+        raise UserError(
+            f"quantize overrides set {', '.join(asked)}, which dynamic quantization does not take "
+            "(its activation ranges are computed at run time); use mode: static"
+        )
     quantize_dynamic(
         str(source),
         str(out),
@@ -50,6 +69,7 @@ def quantize(
         reduce_range=cfg.reduce_range,
         weight_type=qtype(cfg.weights),
         nodes_to_exclude=dynamic_names(plan.kept_float),
+        nodes_to_quantize=dynamic_names(plan.only) if plan.only is not None else None,
     )
     return {
         "format": "qoperator",

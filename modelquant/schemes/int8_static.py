@@ -12,6 +12,8 @@ from pydantic import Field
 from modelquant.schemes import QuantPlan, register_scheme
 from modelquant.schemes.calibration import (
     CalibrationConfig,
+    CalibrationReader,
+    activation_ranges,
     calibration_method,
     calibration_reader,
     ranges_key,
@@ -28,8 +30,10 @@ class Int8StaticConfig(Int8DynamicConfig):
     format: Literal["qdq", "qoperator"] = Field(
         "qdq", description="QDQ (Quantize/DequantizeLinear pairs) or QOperator (QLinearConv, ...)."
     )
-    activations: Literal["uint8", "int8"] = Field(
-        "uint8", description="Activation type (uint8 is the fast path on x86 CPUs)."
+    activations: Literal["uint8", "int8", "uint16", "int16"] = Field(
+        "uint8",
+        description="Activation type (uint8 is the fast path on x86 CPUs; 16-bit types are "
+        "closer to float and run as simulated Q/DQ on the CPU).",
     )
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
@@ -45,6 +49,9 @@ def quantize(
     extra: dict[str, Any] = {"CalibTensorRangeSymmetric": cfg.calibration.symmetric}
     if cfg.calibration.method == "percentile":
         extra["CalibPercentile"] = cfg.calibration.percentile
+    overrides = layer_overrides(source, plan, reader, ctx)
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
     cache = ctx.cache_dir / "calibration" / f"{ranges_key(source, reader, cfg.calibration)}.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
     hit = cache.is_file()
@@ -59,6 +66,7 @@ def quantize(
         activation_type=qtype(cfg.activations),
         weight_type=qtype(cfg.weights),
         nodes_to_exclude=list(plan.kept_float),
+        nodes_to_quantize=list(plan.only) if plan.only is not None else None,
         calibrate_method=calibration_method(cfg.calibration.method),
         extra_options=extra,
         calibration_cache_path=str(target),
@@ -74,6 +82,12 @@ def quantize(
     }
     if cfg.calibration.method == "percentile":
         calibration["percentile"] = cfg.calibration.percentile
+    said_layers = {
+        name: {k: v for k, v in vars(layer).items() if v is not None and k != "precision"}
+        for name, layer in plan.layers.items()
+    }
+    if any(said_layers.values()):
+        calibration["layer_settings"] = {k: v for k, v in said_layers.items() if v}
     return {
         "format": cfg.format,
         "activations": cfg.activations,
@@ -82,3 +96,77 @@ def quantize(
         "reduce_range": cfg.reduce_range,
         "calibration": calibration,
     }
+
+
+_BITS = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16}
+
+
+def _weight_axis(node: Any) -> int:
+    """The output-channel axis of a node's weight, for a per-channel scale."""
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "MatMul":
+        return 1
+    return 0  # Conv: (out, in, kh, kw)
+
+
+def layer_overrides(
+    source: Path, plan: QuantPlan[Int8StaticConfig], reader: CalibrationReader, ctx: StageContext
+) -> dict[str, list[dict[str, Any]]]:
+    """onnxruntime's TensorQuantOverrides for the layer rules' settings: a node's activations
+    (its float inputs and outputs) take the rule's type, symmetry and ranges from the rule's
+    calibration method; its weight takes a per-channel axis or one scale. Where two rules claim
+    one tensor, the wider activation type wins."""
+    import numpy as np
+    import onnx
+
+    if not any(
+        v is not None
+        for layer in plan.layers.values()
+        for k, v in vars(layer).items()
+        if k != "precision"
+    ):
+        return {}
+    cfg = plan.config
+    graph = onnx.load(str(source), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    out: dict[str, dict[str, Any]] = {}
+    ranges: dict[str, dict[str, tuple[float, float]]] = {}
+    for name, layer in plan.layers.items():
+        node = nodes[name]
+        acts = [t for t in (*node.input[:1], *node.output) if t and t not in weights]
+        for tensor in acts:
+            entry = out.setdefault(tensor, {})
+            if layer.activations is not None:
+                was = entry.get("_type")
+                if was is None or _BITS[layer.activations] > _BITS[was]:
+                    entry["_type"] = layer.activations
+            if layer.symmetric is not None:
+                entry["symmetric"] = layer.symmetric
+            if layer.calibration is not None and layer.calibration != cfg.calibration.method:
+                method = cfg.calibration.model_copy(update={"method": layer.calibration})
+                if layer.calibration not in ranges:
+                    ranges[layer.calibration] = activation_ranges(
+                        source, reader, method, ctx.cache_dir
+                    )
+                low, high = ranges[layer.calibration].get(tensor, (None, None))
+                if low is not None and high is not None:
+                    entry["rmin"] = np.array(low, dtype=np.float32)
+                    entry["rmax"] = np.array(high, dtype=np.float32)
+        if layer.per_channel is not None and len(node.input) > 1 and node.input[1] in weights:
+            w = node.input[1]
+            out[w] = (
+                {"axis": _weight_axis(node)}
+                if layer.per_channel
+                else {"quant_type": qtype(cfg.weights)}
+            )
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for tensor, entry in out.items():
+        kind = entry.pop("_type", None)
+        if kind is not None:
+            entry["quant_type"] = qtype(kind)
+        if entry:
+            overrides[tensor] = [entry]
+    return overrides

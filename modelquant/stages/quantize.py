@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -17,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from modelquant.errors import StageError, UserError
 from modelquant.layer_rules import rule_matches
 from modelquant.schemes import (
+    LayerSettings,
     QuantPlan,
     Scheme,
+    SchemeConfig,
     check_precision,
     float_precisions,
     quiet_quantizer,
@@ -36,7 +39,16 @@ from modelquant.state import ModelState
 __all__ = ["DEFAULT_CALIBRATION_SAMPLES", "CalibrationConfig", "Quantize", "QuantizeConfig"]
 
 
+PRECISION_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "w8a16": ("int8", {"activations": "uint16"}),
+}
+"""Rule precisions that name a registered precision with settings: w8a16 is int8 weights with
+16-bit activations (the first step of accuracy-aware fallback, before float)."""
+
+
 class OverrideRule(BaseModel):
+    """One rule of the precision map: which layers, and what they get."""
+
     model_config = ConfigDict(extra="forbid")
 
     match: str = Field(
@@ -44,10 +56,34 @@ class OverrideRule(BaseModel):
         "'type:<OpType>'."
     )
     precision: str = Field(
-        "fp32", description="Precision for matched layers: fp32 (kept in float) or the stage's."
+        "fp32",
+        description="Precision for matched layers: any registered one (fp32 keeps float), or "
+        "w8a16 (int8 weights, 16-bit activations).",
+    )
+    per_channel: bool | None = Field(None, description="Per-channel weight scales (int8).")
+    symmetric: bool | None = Field(None, description="Symmetric activation ranges (int8).")
+    calibration: Literal["minmax", "percentile", "entropy"] | None = Field(
+        None, description="Calibration method for these layers' activations (static int8)."
+    )
+    activations: Literal["uint8", "int8", "uint16", "int16"] | None = Field(
+        None, description="Activation type for these layers (static int8 QDQ)."
     )
 
-    _registered = field_validator("precision")(check_precision)
+    @field_validator("precision")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return value if value in PRECISION_ALIASES else check_precision(value)
+
+    def settings(self) -> LayerSettings:
+        """The rule as the scheme handlers read it, aliases expanded."""
+        precision, implied = PRECISION_ALIASES.get(self.precision, (self.precision, {}))
+        return LayerSettings(
+            precision=precision,
+            per_channel=self.per_channel,
+            symmetric=self.symmetric,
+            calibration=self.calibration,
+            activations=self.activations or implied.get("activations"),
+        )
 
 
 class NpuVariantConfig(BaseModel):
@@ -98,13 +134,18 @@ class QuantizeConfig(Int8StaticConfig, StageConfig):
             )
         return self
 
-    def scheme(self) -> Scheme[Any]:
-        """The registered scheme these settings pick."""
-        return scheme_for(self.precision, self.mode)
+    def scheme(self, precision: str | None = None) -> Scheme[Any]:
+        """The registered scheme these settings pick (for `precision`, default the stage's)."""
+        return scheme_for(precision or self.precision, self.mode)
 
-    def scheme_config(self) -> Any:
-        """The picked scheme's config, from the flat settings it declares."""
-        cls = self.scheme().config
+    def scheme_config(self, scheme: Scheme[Any] | None = None) -> Any:
+        """A scheme's config: its own section of the stage (`fp8: {...}`) where the stage has one,
+        else the flat settings it declares (int8)."""
+        scheme = scheme or self.scheme()
+        section = getattr(self, scheme.precision, None)
+        if isinstance(section, SchemeConfig):
+            return section
+        cls = scheme.config
         return cls.model_validate({k: getattr(self, k) for k in cls.model_fields})
 
 
@@ -136,20 +177,22 @@ def match_rule(rule: str, node: Any, initializers: set[str]) -> bool:
     return rule_matches(rule, _layer_names(node, initializers), node.op_type)
 
 
-def resolve_rules(model_path: Path, rules: list[OverrideRule], graph: str) -> dict[str, str]:
-    """Node name -> precision on this graph, first matching rule wins. A rule that matches no
-    node is a UserError naming the graph's closest layer names."""
+def resolve_rules(
+    model_path: Path, rules: list[OverrideRule], graph: str
+) -> dict[str, LayerSettings]:
+    """Node name -> what its rule asks, on this graph, first matching rule wins. A rule that
+    matches no node is a UserError naming the graph's closest layer names."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
-    chosen: dict[str, str] = {}
+    chosen: dict[str, LayerSettings] = {}
     hits = [0] * len(rules)
     for node in model.graph.node:
         for i, rule in enumerate(rules):
             if match_rule(rule.match, node, initializers):
                 hits[i] += 1
-                chosen[node.name] = rule.precision
+                chosen[node.name] = rule.settings()
                 break
     for rule, n in zip(rules, hits, strict=True):
         if n == 0:
@@ -183,11 +226,12 @@ def _is_quantized_op(op_type: str) -> bool:
 
 
 def verify_precisions(
-    source: Path, out: Path, chosen: dict[str, str], kept_float: set[str]
+    source: Path, out: Path, chosen: dict[str, LayerSettings], kept_float: set[str], mode: str
 ) -> None:
     """Check the quantized graph against the rules: a node kept in float is still there, not
     an integer op, and reads no dequantized weight; a node a rule asked to quantize (one with
-    weights) became an integer op or reads a dequantized weight. A miss is a StageError."""
+    weights) got its precision, as its scheme sees it (`Scheme.applied`), or by default became an
+    integer op or reads a dequantized weight. A miss is a StageError."""
     import onnx
 
     src = onnx.load(str(source), load_external_data=False)
@@ -203,7 +247,8 @@ def verify_precisions(
         made_by = producer.get(node.input[index])
         return made_by is not None and made_by.op_type == "DequantizeLinear"
 
-    for name, precision in chosen.items():
+    for name, layer in chosen.items():
+        precision = layer.precision
         before = src_nodes[name]
         weight_inputs = [i for i, x in enumerate(before.input) if i > 0 and x in weights]
         # quantize_dynamic rewrites a Gemm into '<name>_MatMul' + '<name>_Add' first.
@@ -217,6 +262,11 @@ def verify_precisions(
             if any(dequantized(after, i) for i in weight_inputs):
                 raise StageError(
                     "quantize", f"node '{name}' was to stay in float but reads a dequantized weight"
+                )
+        elif (applied := scheme_for(precision, mode).applied) is not None:
+            if not applied(before, dst, weights):
+                raise StageError(
+                    "quantize", f"node '{name}' was to be quantized to {precision} but is not"
                 )
         elif weight_inputs:
             if quant is not None and _is_quantized_op(quant.op_type):
@@ -241,19 +291,62 @@ def _inside(folder: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-def split_rules(chosen: dict[str, str], precision: str) -> list[str]:
-    """The node names kept in float; a rule asking for a third precision is a UserError."""
+@dataclass(frozen=True)
+class Pass:
+    """One scheme's run over the graph in a precision map."""
+
+    scheme: Scheme[Any]
+    plan: QuantPlan[Any]
+
+
+def plan_passes(
+    cfg: QuantizeConfig, chosen: dict[str, LayerSettings], node_names: list[str]
+) -> tuple[list[Pass], list[str]]:
+    """The passes that realise a precision map, in phase order, and the node names kept in float.
+
+    The stage's own scheme quantizes every node it can except those a rule gave to another
+    precision; each other precision a rule names is one pass of its scheme over exactly the nodes
+    given to it. Two passes of the same phase would quantize one another's output (two Q/DQ
+    insertions), so a map may name one Q/DQ scheme besides the stage's only if the stage keeps
+    float."""
     floats = float_precisions()
-    other = sorted({p for p in chosen.values() if p not in floats and p != precision})
-    if other:
-        raise UserError(
-            f"quantize overrides ask for {', '.join(other)} inside a {precision} model; a layer "
-            f"rule may keep layers in float ({', '.join(sorted(floats))}) or at {precision}, "
-            "mixing other precisions in one model is not supported yet"
+    kept = sorted(n for n, layer in chosen.items() if layer.precision in floats)
+    by_scheme: dict[str, list[str]] = {}
+    schemes: dict[str, Scheme[Any]] = {}
+    for name in node_names:
+        layer = chosen.get(name)
+        if layer is None or layer.precision in floats:
+            continue
+        scheme = cfg.scheme(layer.precision)
+        schemes[scheme.name] = scheme
+        by_scheme.setdefault(scheme.name, []).append(name)
+    main = cfg.scheme()
+    passes: list[Pass] = []
+    if not main.keeps_float:
+        others = sorted(n for s, names in by_scheme.items() if s != main.name for n in names)
+        layers = {n: chosen[n] for n in by_scheme.get(main.name, [])}
+        plan = QuantPlan(cfg.scheme_config(main), kept_float=tuple(sorted({*kept, *others})))
+        passes.append(Pass(main, replace(plan, layers=layers)))
+    for name, nodes in by_scheme.items():
+        if name == main.name:
+            continue
+        scheme = schemes[name]
+        plan = QuantPlan(
+            cfg.scheme_config(scheme),
+            only=tuple(nodes),
+            layers={n: chosen[n] for n in nodes},
         )
-    if precision in floats:
-        return sorted(chosen)
-    return sorted(n for n, p in chosen.items() if p in floats)
+        passes.append(Pass(scheme, plan))
+    passes.sort(key=lambda p: p.scheme.phase)
+    phases = [p.scheme.phase for p in passes]
+    clash = sorted({p.scheme.precision for p in passes if phases.count(p.scheme.phase) > 1})
+    if clash:
+        raise UserError(
+            f"quantize overrides mix {' and '.join(clash)}, two precisions that each insert their "
+            "own Q/DQ pairs, in one model; keep one of them for these layers (fp32, fp16 and int4 "
+            "rules mix with either)"
+        )
+    return passes, kept
 
 
 @register_stage("quantize")
@@ -294,21 +387,47 @@ class Quantize(Stage):
                     self._preprocess(state.onnx_path, ctx) if cfg.preprocess else state.onnx_path
                 )
                 chosen = resolve_rules(source, cfg.overrides, "graph being quantized")
-                kept = split_rules(chosen, cfg.precision)
-                plan = QuantPlan(config=cfg.scheme_config(), kept_float=tuple(kept))
-                ctx.details.update(scheme.quantize(source, out, plan, ctx))
+                passes, kept = plan_passes(cfg, chosen, _node_names(source))
+                self._run_passes(source, out, passes, ctx)
         except (UserError, StageError):
             raise
         except Exception as exc:
             raise StageError("quantize", f"onnxruntime.quantization failed: {exc}") from exc
         onnx_file.check(out)
-        verify_precisions(source, out, chosen, set(kept))
+        verify_precisions(source, out, chosen, set(kept), cfg.mode)
         ctx.details["kept_float"] = kept
+        ctx.details["precision_map"] = _precision_map(chosen)
         ctx.details["qdq_nodes"] = _count_ops(out, ("QuantizeLinear", "DequantizeLinear"))
         variants = dict(state.variants)
         if "npu" in ctx.targets and scheme.name == "int8_static":
             variants["npu"] = self._npu_variant(state.onnx_path, ctx)
         return state.replace(onnx_path=out, variants=variants)
+
+    def _run_passes(self, source: Path, out: Path, passes: list[Pass], ctx: StageContext) -> None:
+        """Each pass reads the previous one's graph; what a scheme reports goes into the details
+        (under its precision when the map has several)."""
+        from modelquant.models import onnx_file
+
+        if not passes:  # everything kept in float
+            onnx_file.copy(source, out)
+            return
+        current = source
+        for i, step in enumerate(passes):
+            target = (
+                out if i == len(passes) - 1 else ctx.work_dir / f"pass{i}.{step.scheme.name}.onnx"
+            )
+            said = step.scheme.quantize(current, target, step.plan, ctx)
+            if step.plan.only is None:
+                ctx.details.update(said)
+            else:
+                ctx.details.setdefault("rule_schemes", {})[step.scheme.precision] = {
+                    "scheme": step.scheme.name,
+                    "nodes": len(step.plan.only),
+                    **said,
+                }
+            if current != source:
+                current.unlink(missing_ok=True)
+            current = target
 
     def _npu_variant(self, source: Path, ctx: StageContext) -> Path:
         """The QNN flavour: fixed batch, QNN pre-processing and QDQ config (get_qnn_qdq_config),
@@ -324,7 +443,7 @@ class Quantize(Stage):
                 with quiet_quantizer():
                     prepared = qnn_prepare(source, Path(tmp), npu.batch_size)
                     chosen = resolve_rules(prepared, cfg.overrides, "NPU variant's graph")
-                    kept = split_rules(chosen, cfg.precision)
+                    kept = _npu_kept(cfg, chosen)
                     reader = calibration_reader(
                         prepared, cfg.calibration, ctx, batch_size=npu.batch_size
                     )
@@ -344,7 +463,7 @@ class Quantize(Stage):
             except Exception as exc:
                 raise StageError("quantize", f"QNN variant quantization failed: {exc}") from exc
             onnx_file.check(out)
-            verify_precisions(prepared, out, chosen, set(kept))
+            verify_precisions(prepared, out, chosen, set(kept), cfg.mode)
         ctx.details["npu_variant"] = {
             "activations": npu.activations,
             "weights": npu.weights,
@@ -369,6 +488,32 @@ class Quantize(Stage):
                 return source
         ctx.details["preprocess"] = "applied"
         return target
+
+
+def _npu_kept(cfg: QuantizeConfig, chosen: dict[str, LayerSettings]) -> list[str]:
+    """The NPU variant is one QNN QDQ pass: rules may keep layers in float or at the stage's
+    precision; any other precision has no QNN form here."""
+    floats = float_precisions()
+    other = sorted({layer.precision for layer in chosen.values()} - floats - {cfg.precision})
+    if other:
+        raise UserError(
+            f"quantize overrides ask for {', '.join(other)}, which the NPU variant cannot hold "
+            f"(it keeps layers in float or at {cfg.precision}); drop npu from evaluate.backends "
+            "or those rules"
+        )
+    return sorted(n for n, layer in chosen.items() if layer.precision in floats)
+
+
+def _node_names(path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+def _precision_map(chosen: dict[str, LayerSettings]) -> dict[str, str]:
+    """Node -> precision for every node a rule matched (the report's view of the map); nodes no
+    rule matched have the stage's precision."""
+    return {name: layer.precision for name, layer in sorted(chosen.items())}
 
 
 def _count_ops(path: Path, ops: tuple[str, ...]) -> int:
