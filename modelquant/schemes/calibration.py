@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,23 @@ class CalibrationConfig(BaseModel):
     samples: int | None = Field(
         None, gt=0, description="Calibration samples (default: data.calibration.samples or 256)."
     )
+    bins: int | None = Field(
+        None,
+        ge=128,
+        description="Histogram bins of the percentile and entropy methods (default: 2048 and 512). "
+        "onnxruntime's quantize_static leaves entropy at 128 bins, where its threshold search has "
+        "one candidate, the full range: entropy then equals minmax.",
+    )
+    stream_batches: int = Field(
+        8,
+        gt=0,
+        description="Calibration batches whose activations are held in memory at once; the "
+        "calibrator folds them into its ranges or histograms, then takes the next ones.",
+    )
+
+    def histogram_bins(self) -> int:
+        """The bins the histogram methods use."""
+        return self.bins or {"entropy": 512}.get(self.method, 2048)
 
 
 def calibration_method(name: str) -> Any:
@@ -52,24 +70,45 @@ class CalibrationReader:
 
     def __init__(self, data: Dataset, batch_size: int, names: list[str]) -> None:
         self.batch_size = batch_size
+        self._data = data
+        self._names = names
         self._fed = (data.content_hash(), names, batch_size)
-        self._batches = [
-            {n: b[n] for n in names} for b, _ in data.batches(batch_size, drop_last=True)
-        ]
-        self._it = iter(self._batches)
+        self._count = len(data) // batch_size
+        self._stop: int | None = None
+        self.rewind()
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        for batch, _ in self._data.batches(self.batch_size, drop_last=True):
+            yield {n: batch[n] for n in self._names}
 
     def get_next(self) -> dict[str, Any] | None:
-        return next(self._it, None)
+        if self._stop is not None and self._served >= self._stop:
+            return None
+        batch = next(self._it, None)
+        if batch is not None:
+            self._served += 1
+        return batch
 
     def rewind(self) -> None:
-        self._it = iter(self._batches)
+        self._it = self._batches()
+        self._served = 0
+        self._stop = None
+
+    def chunks(self, size: int) -> Iterator[CalibrationReader]:
+        """The reader itself, `size` batches at a time: each chunk ends after `size` batches (the
+        calibrator computes on what it holds) and the next resumes where it stopped."""
+        self.rewind()
+        while self._served < self._count:
+            self._stop = self._served + size
+            yield self
+        self.rewind()
 
     def __len__(self) -> int:
-        return len(self._batches)
+        return self._count
 
     @property
     def samples(self) -> int:
-        return len(self._batches) * self.batch_size
+        return self._count * self.batch_size
 
     def content_hash(self) -> str:
         """What is fed, by content: the data's own hash, the inputs read and the batch size
@@ -142,22 +181,31 @@ def ranges_key(model: Path, reader: CalibrationReader, calibration: CalibrationC
     ).hexdigest()[:16]
 
 
-def activation_ranges(
+def compute_ranges(
     model: Path, reader: CalibrationReader, calibration: CalibrationConfig, cache_dir: Path
-) -> dict[str, tuple[float, float]]:
-    """Tensor name -> (low, high) computed by onnxruntime's calibrator for `calibration.method`,
-    cached by content like the scheme's own ranges: how a layer rule's calibration method reaches
-    the quantizer (as `rmin`/`rmax` overrides of that layer's tensors)."""
+) -> tuple[Path, bool]:
+    """Run onnxruntime's calibrator for `calibration.method` over the reader and save the ranges
+    in onnxruntime's calibration-cache format (`quantize_static(calibration_cache_path=...)`
+    reads them back instead of calibrating); cached by content. Returns the file and whether it
+    was already there.
+
+    Calibrating here rather than inside quantize_static does two things quantize_static cannot:
+    the histogram methods get their bins (`histogram_bins`), and activations are held
+    `stream_batches` batches at a time (min-max folds them into running ranges, the histogram
+    methods into their histograms), so memory follows the batch size, not the sample count."""
     import tempfile
 
-    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-    cache = cache_dir / "calibration" / f"{ranges_key(model, reader, calibration)}.ranges.json"
+    cache = cache_dir / "calibration" / f"{ranges_key(model, reader, calibration)}.json"
     if cache.is_file():
-        return {k: (v[0], v[1]) for k, v in json.loads(cache.read_text()).items()}
+        return cache, True
     extra: dict[str, Any] = {"symmetric": calibration.symmetric}
-    if calibration.method == "percentile":
-        extra["percentile"] = calibration.percentile
+    if calibration.method != "minmax":
+        extra["num_bins"] = calibration.histogram_bins()
+        extra["num_quantized_bins"] = 128
+        if calibration.method == "percentile":
+            extra["percentile"] = calibration.percentile
     with tempfile.TemporaryDirectory(prefix="mq-calib-") as tmp:
         calibrator = create_calibrator(
             model,
@@ -165,19 +213,32 @@ def activation_ranges(
             calibrate_method=calibration_method(calibration.method),
             extra_options=extra,
         )
-        reader.rewind()
-        calibrator.collect_data(reader)
+        # Each call folds its batches into the running ranges (min-max) or histograms and drops
+        # them. (min-max's own max_intermediate_outputs drops batches without folding them.)
+        for chunk in reader.chunks(calibration.stream_batches):
+            calibrator.collect_data(chunk)
         data = calibrator.compute_data()
-        reader.rewind()
-    ranges = {
-        name: (float(_scalar(t.range_value[0])), float(_scalar(t.range_value[1])))
-        for name, t in data.data.items()
-    }
+        del calibrator
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = cache.with_name(f".{cache.name}.tmp")
-    tmp_file.write_text(json.dumps(ranges, sort_keys=True))
-    tmp_file.replace(cache)
-    return ranges
+    partial = cache.with_name(f".{cache.name}.tmp")
+    save_tensors_data(data, partial)
+    partial.replace(cache)
+    return cache, False
+
+
+def activation_ranges(
+    model: Path, reader: CalibrationReader, calibration: CalibrationConfig, cache_dir: Path
+) -> dict[str, tuple[float, float]]:
+    """Tensor name -> (low, high) for `calibration.method` (see `compute_ranges`): how a layer
+    rule's calibration method reaches the quantizer (as `rmin`/`rmax` overrides of that layer's
+    tensors)."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    path, _ = compute_ranges(model, reader, calibration, cache_dir)
+    return {
+        name: (_scalar(t.range_value[0]), _scalar(t.range_value[1]))
+        for name, t in load_tensors_data(path).data.items()
+    }
 
 
 def _scalar(value: Any) -> float:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,7 +15,7 @@ from modelquant.schemes.calibration import (
     activation_ranges,
     calibration_method,
     calibration_reader,
-    ranges_key,
+    compute_ranges,
 )
 from modelquant.schemes.int8_dynamic import Int8DynamicConfig, qtype
 
@@ -46,20 +45,15 @@ def quantize(
 
     cfg = plan.config
     reader = calibration_reader(source, cfg.calibration, ctx)
-    extra: dict[str, Any] = {"CalibTensorRangeSymmetric": cfg.calibration.symmetric}
-    if cfg.calibration.method == "percentile":
-        extra["CalibPercentile"] = cfg.calibration.percentile
+    extra: dict[str, Any] = {}
     overrides = layer_overrides(source, plan, reader, ctx)
     if overrides:
         extra["TensorQuantOverrides"] = overrides
-    cache = ctx.cache_dir / "calibration" / f"{ranges_key(source, reader, cfg.calibration)}.json"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    hit = cache.is_file()
-    target = cache if hit else cache.with_name(f".{cache.name}.tmp")
+    cache, hit = compute_ranges(source, reader, cfg.calibration, ctx.cache_dir)
     quantize_static(
         str(source),
         str(out),
-        reader,
+        None,  # the ranges come from the cache file compute_ranges wrote
         quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
         per_channel=cfg.per_channel,
         reduce_range=cfg.reduce_range,
@@ -69,10 +63,8 @@ def quantize(
         nodes_to_quantize=list(plan.only) if plan.only is not None else None,
         calibrate_method=calibration_method(cfg.calibration.method),
         extra_options=extra,
-        calibration_cache_path=str(target),
+        calibration_cache_path=str(cache),
     )
-    if not hit:
-        os.replace(target, cache)
     calibration: dict[str, Any] = {
         "method": cfg.calibration.method,
         "samples": reader.samples,
@@ -82,6 +74,8 @@ def quantize(
     }
     if cfg.calibration.method == "percentile":
         calibration["percentile"] = cfg.calibration.percentile
+    if cfg.calibration.method != "minmax":
+        calibration["bins"] = cfg.calibration.histogram_bins()
     said_layers = {
         name: {k: v for k, v in vars(layer).items() if v is not None and k != "precision"}
         for name, layer in plan.layers.items()
@@ -99,6 +93,23 @@ def quantize(
 
 
 _BITS = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16}
+
+SHARED_PARAMS = frozenset(
+    {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "AveragePool", "Slice"}
+)
+"""Ops whose output onnxruntime's QDQ quantizer gives its input's scale and type
+(`quantize_output_same_as_input`): a setting for the output only reaches it through the input."""
+
+
+def _shared_chain(tensor: str, producer: dict[str, Any]) -> list[str]:
+    """The tensor and, up through ops that pass their input's Q/DQ parameters on, the tensors
+    whose parameters it takes."""
+    chain = [tensor]
+    node = producer.get(tensor)
+    while node is not None and node.op_type in SHARED_PARAMS and node.input:
+        chain.append(node.input[0])
+        node = producer.get(node.input[0])
+    return chain
 
 
 def _weight_axis(node: Any) -> int:
@@ -132,11 +143,17 @@ def layer_overrides(
     graph = onnx.load(str(source), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     nodes = {n.name: n for n in graph.node}
+    producer = {o: n for n in graph.node for o in n.output}
     out: dict[str, dict[str, Any]] = {}
     ranges: dict[str, dict[str, tuple[float, float]]] = {}
     for name, layer in plan.layers.items():
         node = nodes[name]
-        acts = [t for t in (*node.input[:1], *node.output) if t and t not in weights]
+        acts = [
+            t
+            for a in (*node.input[:1], *node.output)
+            if a and a not in weights
+            for t in _shared_chain(a, producer)
+        ]
         for tensor in acts:
             entry = out.setdefault(tensor, {})
             if layer.activations is not None:
