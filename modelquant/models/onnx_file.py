@@ -92,6 +92,12 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def remove(path: Path) -> None:
+    """Delete a model file and its external data files (if they are there)."""
+    for p in files_of(path) if path.is_file() else []:
+        p.unlink(missing_ok=True)
+
+
 def copy(src: Path, dst: Path) -> Path:
     """Copy a model to `dst` atomically, with its external data.
 

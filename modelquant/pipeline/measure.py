@@ -7,7 +7,7 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from modelquant import __version__
-from modelquant.report.model import Report, StageEntry
+from modelquant.report.model import Gate, Report, StageEntry
 
 if TYPE_CHECKING:
     from modelquant.pipeline.run import Pipeline, StagesResult
@@ -45,6 +45,10 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     for backend, variant in measured.variants.items():
         variant.path = published[f"variant.{backend}"]
     judged = gates.judge(recipe, base, comp, deltas)
+    # A stage that judges its own result (the quantize stage's accuracy budget) says so.
+    judged += [
+        Gate.model_validate(r.details["gate"]) for r in result.state.lineage if "gate" in r.details
+    ]
     from modelquant.report import file_renderers
 
     renderers = file_renderers()

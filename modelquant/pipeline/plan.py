@@ -76,7 +76,7 @@ class Plan:
         """The data roles this run reads: evaluation always, plus what the stages read."""
         roles = {"evaluation"}
         for stage in self.stages:
-            roles.update(stage.data_roles)
+            roles.update(stage.reads())
         return [r for r in DATA_ROLES if r in roles]
 
     # ------------------------------------------------------------------ checks

@@ -155,7 +155,7 @@ class Pipeline:
                     cache.state_content_hash(state),
                     stage,
                     ctx,
-                    {r: self.plan.data(r).content_hash() for r in stage.data_roles},
+                    {r: self.plan.data(r).content_hash() for r in stage.reads()},
                 )
                 state = self._run_stage(i, stage, state, ctx, key)
             if stage.produces == "onnx" and state.onnx_path is not None:

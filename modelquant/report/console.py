@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelquant.report.model import Report
-from modelquant.report.rows import comparison_rows, gate_cells, stage_notes
+from modelquant.report.rows import comparison_rows, fallback_rows, gate_cells, stage_notes
 
 
 def render_console(report: Report, console: Console) -> None:
@@ -27,6 +27,14 @@ def render_console(report: Report, console: Console) -> None:
                 str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""), escape(notes)
             )
         console.print(stages)
+    rounds = fallback_rows(report)
+    if rounds:
+        table = Table(title="accuracy-aware fallback (validation data)", title_justify="left")
+        for col in ("round", "higher precision", "metric", "drop", "size"):
+            table.add_column(col)
+        for cells in rounds:
+            table.add_row(*(escape(cell) for cell in cells))
+        console.print(table)
     if report.gates:
         gates = Table(title="gates", title_justify="left")
         for col in ("gate", "threshold", "value", "result", "detail"):

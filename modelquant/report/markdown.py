@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from modelquant.report import register_renderer
 from modelquant.report.model import Report
-from modelquant.report.rows import comparison_rows, gate_cells, stage_notes
+from modelquant.report.rows import comparison_rows, fallback_rows, gate_cells, stage_notes
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -22,6 +22,21 @@ def _threads(report: Report) -> str:
                     source = f" ({stats.threads_source})" if stats.threads_source else ""
                     return f"{stats.threads}{source}"
     return ""
+
+
+def _fallback_section(report: Report) -> list[str]:
+    rows = fallback_rows(report)
+    if not rows:
+        return []
+    return [
+        "",
+        "## Accuracy-aware fallback",
+        "",
+        "Each round quantizes the model with the layers listed in higher precision (w8a16: int8 "
+        "weights, 16-bit activations) and scores it on the validation data.",
+        "",
+        _table(["round", "layers in higher precision", "validation metric", "drop", "size"], rows),
+    ]
 
 
 @register_renderer("md", "report.md")
@@ -54,6 +69,7 @@ def render_markdown(report: Report) -> str:
                 for i, s in enumerate(report.stages, 1)
             ],
         ),
+        *_fallback_section(report),
         "",
         "## Gates",
         "",

@@ -111,13 +111,50 @@ def _entries(n: int) -> str:
     return f"{n} {'entry' if n == 1 else 'entries'} (in report.json)"
 
 
+_OWN_SECTION = frozenset({"gate", "fallback", "layers"})
+"""Details shown in their own table (gates, fallback rounds, per-layer sensitivity)."""
+
+
 def stage_notes(settings: dict[str, Any], details: dict[str, Any]) -> str:
     """What a stage reported beyond its settings, as short key: value pairs."""
-    return "; ".join(
+    notes = [
         f"{key}: {_short(value)}"
         for key, value in details.items()
-        if not (key in settings and settings[key] == value)
-    )
+        if key not in _OWN_SECTION and not (key in settings and settings[key] == value)
+    ]
+    fallback = details.get("fallback")
+    if isinstance(fallback, dict):
+        kept = fallback.get("kept_higher") or {}
+        verdict = "within budget" if fallback.get("met") else "budget missed"
+        notes.insert(
+            0,
+            f"fallback: {verdict} after {fallback.get('rounds_taken', 0)} round(s), "
+            f"{len(kept)} layer(s) in higher precision",
+        )
+    return "; ".join(notes)
+
+
+def fallback_rows(report: Report) -> list[list[str]]:
+    """One row per fallback round of any stage: round, layers moved, metric, drop, size; the
+    kept round marked."""
+    rows: list[list[str]] = []
+    for stage in report.stages:
+        fallback = stage.details.get("fallback")
+        if not isinstance(fallback, dict):
+            continue
+        for r in fallback.get("rounds", []):
+            moved = r.get("moved", {})
+            rows.append(
+                [
+                    str(r["round"])
+                    + (" (kept)" if r["round"] == fallback.get("kept_round") else ""),
+                    ", ".join(f"{n} -> {p}" for n, p in moved.items()) or "none (all quantized)",
+                    f"{r['metric']:.2%}",
+                    f"{r['drop'] * 100:.2f} pt",
+                    fmt_bytes(r["size_bytes"]),
+                ]
+            )
+    return rows
 
 
 def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:

@@ -88,6 +88,10 @@ class Stage(ABC):
             raise ValueError(f"stage '{self.name}' got no torch model to rebuild its output on")
         return copy.deepcopy(state.module)
 
+    def reads(self) -> tuple[str, ...]:
+        """The data roles this stage reads with its settings (default: `data_roles`)."""
+        return self.data_roles
+
     def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
         """Python modules this stage needs with these settings -> what for (names in
         `modelquant.extras.OPTIONAL`); checked before anything runs, so a missing one is bad input

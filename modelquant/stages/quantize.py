@@ -34,6 +34,7 @@ from modelquant.schemes.calibration import (
 )
 from modelquant.schemes.int8_static import Int8StaticConfig
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
+from modelquant.stages.fallback import FallbackConfig
 from modelquant.state import ModelState
 
 __all__ = ["DEFAULT_CALIBRATION_SAMPLES", "CalibrationConfig", "Quantize", "QuantizeConfig"]
@@ -97,7 +98,7 @@ class NpuVariantConfig(BaseModel):
     per_channel: bool = Field(False, description="Per-channel weight scales in the variant.")
 
 
-class QuantizeConfig(Int8StaticConfig, StageConfig):
+class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
     """The stage's settings: which scheme (precision, mode), the schemes' own settings (inherited
     from their config classes, flat, as recipes write them), pre-processing, layer rules and the
     NPU variant."""
@@ -149,7 +150,9 @@ class QuantizeConfig(Int8StaticConfig, StageConfig):
         return cls.model_validate({k: getattr(self, k) for k in cls.model_fields})
 
 
-STAGE_KEYS = frozenset({"precision", "mode", "preprocess", "overrides", "npu"})
+STAGE_KEYS = frozenset(
+    {"precision", "mode", "preprocess", "overrides", "npu", *FallbackConfig.model_fields}
+)
 SCHEME_KEYS = frozenset(QuantizeConfig.model_fields) - STAGE_KEYS
 
 
@@ -373,61 +376,152 @@ class Quantize(Stage):
     def variant_name(self, backend: str) -> str:
         return f"model.{self.config.precision}.{backend}.onnx"
 
-    def run(self, state: ModelState, ctx: StageContext) -> ModelState:
-        from modelquant.models import onnx_file
+    def reads(self) -> tuple[str, ...]:
+        # Fallback rounds score on the validation data, so its contents are in the key.
+        if self.config.accuracy_budget is not None:
+            return (*self.data_roles, "validation")
+        return self.data_roles
 
+    def run(self, state: ModelState, ctx: StageContext) -> ModelState:
         assert state.onnx_path is not None
         cfg = self.config
         scheme = cfg.scheme()
         out = ctx.work_dir / "model.onnx"
         ctx.details.update(precision=cfg.precision, mode=cfg.mode, scheme=scheme.name)
-        try:
-            with quiet_quantizer():
-                source = (
-                    self._preprocess(state.onnx_path, ctx) if cfg.preprocess else state.onnx_path
-                )
-                chosen = resolve_rules(source, cfg.overrides, "graph being quantized")
-                passes, kept = plan_passes(cfg, chosen, _node_names(source))
-                self._run_passes(source, out, passes, ctx)
-        except (UserError, StageError):
-            raise
-        except Exception as exc:
-            raise StageError("quantize", f"onnxruntime.quantization failed: {exc}") from exc
-        onnx_file.check(out)
-        verify_precisions(source, out, chosen, set(kept), cfg.mode)
+        with quiet_quantizer():
+            source = self._preprocess(state.onnx_path, ctx) if cfg.preprocess else state.onnx_path
+            chosen = resolve_rules(source, cfg.overrides, "graph being quantized")
+        if cfg.accuracy_budget is None:
+            said, final, kept = self._quantize_map(source, chosen, out, ctx)
+        else:
+            said, final, kept = self._fallback(source, chosen, out, ctx)
+        ctx.details.update(said)
         ctx.details["kept_float"] = kept
-        ctx.details["precision_map"] = _precision_map(chosen)
+        ctx.details["precision_map"] = _precision_map(final)
         ctx.details["qdq_nodes"] = _count_ops(out, ("QuantizeLinear", "DequantizeLinear"))
         variants = dict(state.variants)
         if "npu" in ctx.targets and scheme.name == "int8_static":
             variants["npu"] = self._npu_variant(state.onnx_path, ctx)
         return state.replace(onnx_path=out, variants=variants)
 
-    def _run_passes(self, source: Path, out: Path, passes: list[Pass], ctx: StageContext) -> None:
-        """Each pass reads the previous one's graph; what a scheme reports goes into the details
-        (under its precision when the map has several)."""
+    def _quantize_map(
+        self, source: Path, chosen: dict[str, LayerSettings], out: Path, ctx: StageContext
+    ) -> tuple[dict[str, Any], dict[str, LayerSettings], list[str]]:
+        """Quantize `source` under one precision map into `out`, checked and verified; what the
+        schemes said, the map and the nodes kept in float."""
         from modelquant.models import onnx_file
 
+        try:
+            with quiet_quantizer():
+                passes, kept = plan_passes(self.config, chosen, _node_names(source))
+                said = self._run_passes(source, out, passes, ctx)
+        except (UserError, StageError):
+            raise
+        except Exception as exc:
+            raise StageError("quantize", f"onnxruntime.quantization failed: {exc}") from exc
+        onnx_file.check(out)
+        verify_precisions(source, out, chosen, set(kept), self.config.mode)
+        return said, chosen, kept
+
+    def _fallback(
+        self, source: Path, chosen: dict[str, LayerSettings], out: Path, ctx: StageContext
+    ) -> tuple[dict[str, Any], dict[str, LayerSettings], list[str]]:
+        """Quantize, score on the validation data, and return the worst layers to higher
+        precision round by round (`fallback.schedule`) until the drop is within the budget; the
+        best round is kept either way, and its verdict goes to the report as a gate."""
+        from modelquant.evaluator import score
+        from modelquant.models import onnx_file
+        from modelquant.stages.fallback import Outcome, Round, schedule
+
+        cfg = self.config
+        budget = cfg.accuracy_budget
+        assert budget is not None
+        data = ctx.data("validation")
+        float_metric = score(source, data)
+        outcome = Outcome(budget=budget, float_metric=float_metric)
+        results: dict[int, tuple[dict[str, Any], dict[str, LayerSettings], list[str]]] = {}
+
+        def attempt(index: int, moved: dict[str, str]) -> Round:
+            target = ctx.work_dir / f"round{index}.onnx"
+            results[index] = self._quantize_map(source, _promote(chosen, moved), target, ctx)
+            metric = score(target, data)
+            done = Round(
+                index, moved, metric, float_metric - metric, onnx_file.size_bytes(target), target
+            )
+            outcome.rounds.append(done)
+            ctx.log(
+                f"quantize round {index}: {len(moved)} layer(s) in higher precision, "
+                f"validation {metric:.2%} (drop {(float_metric - metric) * 100:.2f} pt, "
+                f"budget {budget * 100:.2f} pt)"
+            )
+            return done
+
+        first = attempt(0, {})
+        ranking: list[dict[str, Any]] = []
+        if not outcome.within(first) and cfg.fallback != "off":
+            ranking = self._rank(source, chosen, ctx)
+            ranked = [r["node"] for r in ranking]
+            w8a16 = cfg.scheme().name == "int8_static" and cfg.format == "qdq"
+            for index, moved in enumerate(
+                schedule(ranked, cfg.max_rounds, cfg.fallback, w8a16), start=1
+            ):
+                if outcome.within(attempt(index, moved)):
+                    break
+        best = outcome.best
+        onnx_file.copy(best.path, out)
+        for r in outcome.rounds:
+            onnx_file.remove(r.path)
+        said, final, kept = results[best.index]
+        said = {
+            **said,
+            "fallback": outcome.details(ranking, "top1"),
+            "gate": outcome.gate("top1"),
+        }
+        return said, final, kept
+
+    def _rank(
+        self, source: Path, chosen: dict[str, LayerSettings], ctx: StageContext
+    ) -> list[dict[str, Any]]:
+        """The layers the fallback may move, worst first, by their own quantization error
+        (`modelquant.sensitivity.rank_layers`); layers a rule keeps in float are not candidates."""
+        from modelquant.sensitivity import rank_layers
+
+        floats = float_precisions()
+        ranked = rank_layers(source, self.config, ctx)
+        return [
+            r.summary()
+            for r in ranked
+            if not (r.node in chosen and chosen[r.node].precision in floats)
+        ]
+
+    def _run_passes(
+        self, source: Path, out: Path, passes: list[Pass], ctx: StageContext
+    ) -> dict[str, Any]:
+        """Each pass reads the previous one's graph; what the schemes report (under its
+        precision for a scheme a rule picked)."""
+        from modelquant.models import onnx_file
+
+        said: dict[str, Any] = {}
         if not passes:  # everything kept in float
             onnx_file.copy(source, out)
-            return
+            return said
         current = source
         for i, step in enumerate(passes):
-            target = (
-                out if i == len(passes) - 1 else ctx.work_dir / f"pass{i}.{step.scheme.name}.onnx"
-            )
-            said = step.scheme.quantize(current, target, step.plan, ctx)
+            last = i == len(passes) - 1
+            target = out if last else out.with_name(f"{out.stem}.pass{i}.{step.scheme.name}.onnx")
+            reported = step.scheme.quantize(current, target, step.plan, ctx)
             if step.plan.only is None:
-                ctx.details.update(said)
+                said.update(reported)
             else:
-                ctx.details.setdefault("rule_schemes", {})[step.scheme.precision] = {
+                said.setdefault("rule_schemes", {})[step.scheme.precision] = {
                     "scheme": step.scheme.name,
                     "nodes": len(step.plan.only),
-                    **said,
+                    **reported,
                 }
             if current != source:
-                current.unlink(missing_ok=True)
+                onnx_file.remove(current)
             current = target
+        return said
 
     def _npu_variant(self, source: Path, ctx: StageContext) -> Path:
         """The QNN flavour: fixed batch, QNN pre-processing and QDQ config (get_qnn_qdq_config),
@@ -502,6 +596,21 @@ def _npu_kept(cfg: QuantizeConfig, chosen: dict[str, LayerSettings]) -> list[str
             "or those rules"
         )
     return sorted(n for n, layer in chosen.items() if layer.precision in floats)
+
+
+def _promote(chosen: dict[str, LayerSettings], moved: dict[str, str]) -> dict[str, LayerSettings]:
+    """The map with fallback's moves applied: a moved layer keeps its rule's other settings
+    (per-channel, calibration) and takes 16-bit activations ('w8a16') or float ('fp32')."""
+    result = dict(chosen)
+    for name, to in moved.items():
+        rule = chosen.get(name)
+        if to == "fp32":
+            result[name] = LayerSettings(precision="fp32")
+        elif rule is None:
+            result[name] = LayerSettings(precision="int8", activations="uint16")
+        else:
+            result[name] = replace(rule, precision="int8", activations="uint16")
+    return result
 
 
 def _node_names(path: Path) -> list[str]:
