@@ -75,6 +75,18 @@ class OverrideRule(BaseModel):
     def _registered(cls, value: str) -> str:
         return value if value in PRECISION_ALIASES else check_precision(value)
 
+    @model_validator(mode="after")
+    def _settings_need_a_quantized_precision(self) -> OverrideRule:
+        if self.precision in float_precisions():
+            idle = sorted(self.model_fields_set - {"match", "precision"})
+            if idle:
+                raise ValueError(
+                    f"rule '{self.match}' sets {', '.join(idle)} but keeps its layers in "
+                    f"{self.precision} (a rule's default precision), where they do nothing; add "
+                    "`precision: int8` (or the precision these layers should get)"
+                )
+        return self
+
     def settings(self) -> LayerSettings:
         """The rule as the scheme handlers read it, aliases expanded."""
         precision, implied = PRECISION_ALIASES.get(self.precision, (self.precision, {}))

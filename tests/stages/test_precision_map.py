@@ -135,3 +135,15 @@ def test_dynamic_mode_refuses_activation_rules(tiny_checkpoint: Path, tmp_path: 
             mode="dynamic",
             overrides=[{"match": "type:Gemm", "precision": "w8a16"}],
         )
+
+
+def test_a_rule_with_settings_but_float_precision_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from modelquant.stages.quantize import QuantizeConfig
+
+    with pytest.raises(ValidationError, match="add `precision: int8`"):
+        QuantizeConfig.model_validate({"overrides": [{"match": "type:Gemm", "per_channel": False}]})
+    QuantizeConfig.model_validate(
+        {"overrides": [{"match": "type:Gemm", "precision": "int8", "per_channel": False}]}
+    )
