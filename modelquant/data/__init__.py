@@ -97,4 +97,4 @@ def load_dataset(spec: DataSpec, base_dir: Path) -> Dataset:
 
 
 # Each module registers its source (`@register_data_source`); they import Dataset from above.
-from modelquant.data import digits, npz, csv_table  # noqa: E402, F401, I001
+from modelquant.data import digits, npz, csv_table, breast_cancer  # noqa: E402, F401, I001
