@@ -165,3 +165,14 @@ def test_recipe_file_for_the_digits_example_is_analysable() -> None:
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "digits-int8.yaml")
     names = [name for name, _ in analysis_recipe(recipe, False, 64).stage_list()]
     assert names == ["export", "analyze"]
+
+
+def test_analyze_stage_rejects_unknown_keys(
+    write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    stages = [{"export": {}}, {"analyze": {"acuracy": True}}, {"quantize": {}}]
+    result = runner.invoke(
+        app, ["compress", str(write_recipe(stages=stages)), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "accuracy" in one_line_error(result.output)
