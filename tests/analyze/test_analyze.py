@@ -176,3 +176,18 @@ def test_analyze_stage_rejects_unknown_keys(
     )
     assert result.exit_code == 2
     assert "accuracy" in one_line_error(result.output)
+
+
+def test_layers_the_recipe_keeps_float_are_listed_not_analysed(
+    write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    stages = [
+        {"export": {}},
+        {"quantize": {"overrides": [{"match": "classifier.3", "precision": "fp32"}]}},
+    ]
+    out = tmp_path / "out"
+    result = analyze(write_recipe(stages=stages), out)
+    assert result.exit_code == 0, result.output
+    doc = Sensitivity.model_validate_json((out / "sensitivity.json").read_text())
+    assert doc.kept_float == ["/classifier/classifier.3/Gemm"]
+    assert {layer.layer for layer in doc.layers} == {"features.0", "classifier.1"}
