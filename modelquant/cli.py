@@ -266,6 +266,81 @@ def compress(
 
 
 @app.command()
+def analyze(
+    recipe: RecipeArg,
+    out_dir: OutOpt = None,
+    overrides: SetOpt = None,
+    accuracy: Annotated[
+        bool,
+        typer.Option(
+            "--accuracy",
+            help="Also score top-1 on data.validation with only that layer quantized (all "
+            "others float): one quantization and one evaluation per layer.",
+        ),
+    ] = False,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples", help="Calibration samples whose activations are compared (in memory)."
+        ),
+    ] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print sensitivity JSON.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Per-layer sensitivity of the recipe's quantize stage, worst first: a table, sensitivity.json.
+
+    Activation and weight SQNR (dB) of every layer the stage quantizes, through onnxruntime's
+    qdq_loss_debug; with --accuracy, top-1 with only that layer quantized. Runs the stages before
+    quantize (cached like compress, same output folder), then the stage's own quantization.
+
+    Exit codes: 0 done, 2 bad input (e.g. a recipe without a quantize stage), 3 a stage failed
+    or an unexpected error.
+    """
+
+    def work() -> None:
+        from modelquant.pipeline import Pipeline
+        from modelquant.pipeline.artifacts import peek_out_dir, process_rank, write_atomic
+        from modelquant.sensitivity import SENSITIVITY_FILE, render
+        from modelquant.stages.analyze import (
+            Analyze,
+            analysis_recipe,
+            progress_bar,
+            sensitivity_from_details,
+        )
+
+        if samples < 1:
+            raise UserError(f"--samples must be at least 1, got {samples}")
+        stale = peek_out_dir(recipe, out_dir)
+        if stale is not None and process_rank() == 0:  # no old result outlives a failed rerun
+            (stale / SENSITIVITY_FILE).unlink(missing_ok=True)
+        with step("reading the recipe"):
+            spec = _load(recipe, overrides)
+            plan = analysis_recipe(spec, accuracy, samples)
+        log = (lambda m: None) if as_json else _progress
+        pipeline = Pipeline(plan, recipe, out_dir, log=log)
+        pipeline.artifacts.keeps_reports = True  # a compress report in that folder stays valid
+        stage = pipeline.stages[-1]
+        assert isinstance(stage, Analyze)
+        with progress_bar(err, enabled=not as_json and err.is_terminal) as bar:
+            stage.progress = bar
+            result = pipeline.run_stages()
+        doc = sensitivity_from_details(result.state.lineage[-1].details)
+        doc.recipe = spec.name
+        doc.model = result.compressed.name  # the published file the stage analysed
+        target = pipeline.out_dir / SENSITIVITY_FILE
+        with step("writing sensitivity.json"):
+            if process_rank() == 0:
+                write_atomic(target, doc.model_dump_json(indent=2) + "\n")
+        if as_json:
+            sys.stdout.write(doc.model_dump_json(indent=2) + "\n")
+            return
+        render(doc, out)
+        err.print(f"[green]done[/]: {len(doc.layers)} layers. Sensitivity: {escape(str(target))}")
+
+    _run_guarded(work, debug)
+
+
+@app.command()
 def export(
     recipe: RecipeArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],

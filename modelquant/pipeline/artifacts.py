@@ -67,6 +67,8 @@ class Artifacts:
         self.out_dir = out_dir
         self.cache_dir = out_dir / ".cache"
         self.writes = process_rank() == 0
+        self.keeps_reports = False
+        """True for runs that write no report (analysis): an earlier run's report stays."""
         self.published: dict[str, str] = {}
         """Role (baseline, stage2.quantize, variant.npu, compressed, report.json, ...) -> name."""
 
@@ -87,7 +89,8 @@ class Artifacts:
                 f"cannot write to output folder {self.out_dir} ({reason}); give --out a folder "
                 "you can write to"
             ) from None
-        clear_reports(self.out_dir)
+        if not self.keeps_reports:
+            clear_reports(self.out_dir)
 
     def unique(self, name: str, index: int) -> str:
         """`name`, or `name` with the stage index in it when an earlier stage took it."""

@@ -28,6 +28,8 @@ class Plan:
         self.stages: list[Stage] = [
             registered_stages()[name](cfg) for name, cfg in recipe.stage_list()
         ]
+        for i, stage in enumerate(self.stages):
+            stage.bind(self.stages[i + 1 :])
         self.targets: tuple[str, ...] = tuple(recipe.evaluate.backends)
         self._data: dict[str, Dataset] = {}
         self._model: ModelState | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from modelquant.stages import (  # noqa: F401  (each module registers its stage)
+    analyze,
     distill,
     export,
     prune,

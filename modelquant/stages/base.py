@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
@@ -91,6 +91,11 @@ class Stage(ABC):
     def reads(self) -> tuple[str, ...]:
         """The data roles this stage reads with its settings (default: `data_roles`)."""
         return self.data_roles
+
+    def bind(self, later: Sequence[Stage]) -> None:
+        """Called once the plan is built, with the stages that run after this one (an analysis
+        takes the settings of the stage it analyses). Default: nothing."""
+        return None
 
     def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
         """Python modules this stage needs with these settings -> what for (names in

@@ -499,9 +499,18 @@ class Quantize(Stage):
         from modelquant.sensitivity import rank_layers
 
         floats = float_precisions()
-        ranked = rank_layers(source, self.config, ctx)
+        # `source` is already pre-processed (node names must stay those of `chosen`), and the
+        # analysis quantizes without a budget (no fallback inside the ranking).
+        settings = self.config.model_copy(update={"preprocess": False, "accuracy_budget": None})
+        ranked = rank_layers(source, settings, ctx)
         return [
-            r.summary()
+            {
+                "node": r.node,
+                "layer": r.layer,
+                "op_type": r.op_type,
+                "activation_sqnr_db": r.activation_sqnr_db,
+                "weight_sqnr_db": r.weight_sqnr_db,
+            }
             for r in ranked
             if not (r.node in chosen and chosen[r.node].precision in floats)
         ]
