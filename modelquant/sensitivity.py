@@ -276,9 +276,19 @@ class _Layer:
     values: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
 
+_NORMALIZATIONS = frozenset(
+    {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"}
+)
+"""Layers whose parameter is a 1-D scale: a normalization that standardizes raw inputs can be
+the most sensitive layer of all (its input's one Q/DQ scale spans every feature's range)."""
+_TABLE_OPS = frozenset({"Gather"})
+"""Layers whose weight is input 0 (an embedding table, indexed by input 1)."""
+
+
 def _quantized_layers(graph: Path, quantized: Path) -> tuple[list[_Layer], list[str]]:
-    """Nodes of the graph whose weight (input 1, a matrix or kernel) the quantized model reads
-    through DequantizeLinear, in graph order; and the nodes with such a weight that stay float."""
+    """Nodes of the graph whose weight (input 1, a matrix or kernel, or a normalization's scale;
+    input 0 of an embedding Gather) the quantized model reads through DequantizeLinear, in graph
+    order; and the nodes with such a weight that stay float."""
     import onnx
     from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
 
@@ -298,10 +308,14 @@ def _quantized_layers(graph: Path, quantized: Path) -> tuple[list[_Layer], list[
     layers: list[_Layer] = []
     kept: list[str] = []
     for index, node in enumerate(src.graph.node):
-        if len(node.input) < 2 or len(src_weights.get(node.input[1], ())) < 2:
-            continue  # no weight matrix or kernel (a bias or scalar constant is not a layer)
+        at = 0 if node.op_type in _TABLE_OPS else 1
+        rank = len(src_weights.get(node.input[at], ())) if len(node.input) > at else 0
+        if rank < 2 and not (rank == 1 and node.op_type in _NORMALIZATIONS):
+            continue  # no weight matrix, kernel or scale (a bias or constant is not a layer)
         after = dst_nodes.get(node.name)
-        made = producer.get(after.input[1]) if after is not None and len(after.input) > 1 else None
+        made = (
+            producer.get(after.input[at]) if after is not None and len(after.input) > at else None
+        )
         if after is None or made is None or made.op_type != "DequantizeLinear":
             kept.append(node.name)
             continue
@@ -315,7 +329,7 @@ def _quantized_layers(graph: Path, quantized: Path) -> tuple[list[_Layer], list[
                 node=node.name,
                 op_type=node.op_type,
                 names=_layer_names(node, set(src_weights)),
-                weight=node.input[1],
+                weight=node.input[at],
                 activation=activation,
                 index=index,
             )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FallbackMode = Literal["auto", "fp32", "off"]
 
@@ -44,6 +44,12 @@ class FallbackConfig(BaseModel):
     max_rounds: int = Field(
         4, ge=1, le=12, description="Fallback rounds at most (each one quantizes and scores)."
     )
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` (or `no`) as false.
+        return "off" if value is False else value
 
 
 def schedule(

@@ -1,0 +1,74 @@
+"""Accuracy-aware fallback on the model all-INT8 breaks (breast_cancer: 17 points lost on
+validation): the budget is met in few rounds with the culprit layer in higher precision, and a
+budget out of reach exits 1 with the best model published."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+from typer.testing import CliRunner
+
+from modelquant.cli import app
+
+runner = CliRunner()
+FAST = ["--set", "evaluate.repeats=3", "--set", "evaluate.warmup=0", "--set", "evaluate.block=3"]
+BN = "/bn_cont/BatchNormalization"
+
+
+def compress(out: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    result = runner.invoke(
+        app, ["compress", "breast-cancer-fallback", "--out", str(out), *FAST, *extra]
+    )
+    report = json.loads((out / "report.json").read_text())
+    return result.exit_code, report
+
+
+def test_fallback_meets_the_budget_with_the_culprit_in_float(tmp_path: Path) -> None:
+    code, report = compress(tmp_path)
+    assert code == 0
+    fallback = report["stages"][1]["details"]["fallback"]
+    assert fallback["met"] and 1 <= fallback["rounds_taken"] <= 3
+    assert fallback["ranking"][0]["node"] == BN  # ranked worst by its own error
+    assert fallback["kept_higher"][BN] == "fp32"
+    first, kept = fallback["rounds"][0], fallback["rounds"][fallback["kept_round"]]
+    assert first["drop"] > 0.05 and kept["drop"] <= 0.005
+    gate = next(g for g in report["gates"] if g["name"] == "quantize.accuracy_budget")
+    assert gate["passed"] and gate["value"] == kept["drop"]
+    # the published model is the kept round's: bn_cont reads the float input directly
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    bn = next(n for n in graph.node if n.name == BN)
+    assert bn.input[0] == "input"
+    assert "Accuracy-aware fallback" in (tmp_path / "report.md").read_text()
+    assert report["compressed"]["accuracy"] >= report["baseline"]["accuracy"] - 0.005
+
+
+def test_out_of_rounds_exits_1_with_the_best_round_published(tmp_path: Path) -> None:
+    code, report = compress(tmp_path, "--set", "stages.1.quantize.max_rounds=1")
+    assert code == 1
+    assert report["status"] == "gate_failed"
+    fallback = report["stages"][1]["details"]["fallback"]
+    assert not fallback["met"] and fallback["rounds_taken"] == 1
+    drops = [r["drop"] for r in fallback["rounds"]]
+    assert fallback["kept_round"] == drops.index(min(drops)) == 1  # w8a16 beat all-INT8
+    gate = next(g for g in report["gates"] if g["name"] == "quantize.accuracy_budget")
+    assert not gate["passed"] and "best model is published" in gate["detail"]
+    assert (tmp_path / "model.int8.onnx").is_file()
+    # the 16-bit activations of round 1 are in the published graph
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    zero_points = {t.name: t.data_type for t in graph.initializer}
+    dq = next(
+        n
+        for n in graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.output[0] in (next(x for x in graph.node if x.name == BN).input[0],)
+    )
+    assert zero_points[dq.input[2]] == onnx.TensorProto.UINT16
+
+
+def test_fallback_off_reports_the_drop_and_changes_nothing(tmp_path: Path) -> None:
+    code, report = compress(tmp_path, "--set", "stages.1.quantize.fallback=off")
+    assert code == 1
+    fallback = report["stages"][1]["details"]["fallback"]
+    assert fallback["rounds_taken"] == 0 and fallback["kept_higher"] == {}
