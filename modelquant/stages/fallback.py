@@ -12,6 +12,10 @@ previous round held at w8a16 to float and gives the next group, twice as large, 
 
 Where 16-bit activations do not exist (dynamic int8, or a scheme without activation types) each
 round moves twice as many layers straight to float (1, 2, 4, 8, ...).
+
+A round within budget that holds layers at w8a16 is followed (rounds left) by one more without
+them: 16-bit Q/DQ runs as simulated float on CPUs, so a layer there without need costs latency.
+Of the rounds within budget, the one with the fewest layers moved is kept.
 """
 
 from __future__ import annotations
@@ -74,6 +78,14 @@ def schedule(
     return plans
 
 
+def trimmed(moved: dict[str, str]) -> dict[str, str] | None:
+    """A round within budget that gave layers 16-bit activations, without them (they go back to
+    int8): 16-bit Q/DQ runs as simulated float on CPUs, so a layer kept at w8a16 without need
+    costs latency. None when there is nothing to trim."""
+    kept = {n: p for n, p in moved.items() if p != "w8a16"}
+    return kept if kept and kept != moved else None
+
+
 @dataclass
 class Round:
     """One quantization of the map and its score."""
@@ -105,11 +117,11 @@ class Outcome:
 
     @property
     def best(self) -> Round:
-        """Within budget: the first round that met it (fewest layers moved); else the round
-        with the smallest drop (the smaller model on a tie)."""
+        """Within budget: the round that met it with the fewest layers moved (the smaller model
+        on a tie); else the round with the smallest drop (the smaller model on a tie)."""
         met = [r for r in self.rounds if self.within(r)]
         if met:
-            return met[0]
+            return min(met, key=lambda r: (len(r.moved), r.size_bytes))
         return min(self.rounds, key=lambda r: (r.drop, r.size_bytes))
 
     def within(self, r: Round) -> bool:

@@ -443,7 +443,7 @@ class Quantize(Stage):
         best round is kept either way, and its verdict goes to the report as a gate."""
         from modelquant.evaluator import score
         from modelquant.models import onnx_file
-        from modelquant.stages.fallback import Outcome, Round, schedule
+        from modelquant.stages.fallback import Outcome, Round, schedule, trimmed
 
         cfg = self.config
         budget = cfg.accuracy_budget
@@ -474,10 +474,15 @@ class Quantize(Stage):
             ranking = self._rank(source, chosen, ctx)
             ranked = [r["node"] for r in ranking]
             w8a16 = cfg.scheme().name == "int8_static" and cfg.format == "qdq"
+            index = 0
             for index, moved in enumerate(
                 schedule(ranked, cfg.max_rounds, cfg.fallback, w8a16), start=1
             ):
                 if outcome.within(attempt(index, moved)):
+                    # One more round, if left: the same map without its 16-bit layers.
+                    fewer = trimmed(moved)
+                    if fewer is not None and index < cfg.max_rounds:
+                        attempt(index + 1, fewer)
                     break
         best = outcome.best
         onnx_file.copy(best.path, out)
