@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from modelquant.errors import UserError
+from modelquant.errors import StageError, UserError
 from modelquant.schemes import PHASE_WEIGHTS, QuantPlan, SchemeConfig, register_scheme
 from modelquant.schemes.calibration import CalibrationConfig, calibration_reader
 
@@ -230,10 +230,13 @@ _PAYLOAD_INPUTS = {"MatMulNBits": (1, 2, 3), "GatherBlockQuantized": (0, 2, 3)}
 """Inputs of a quantized node that hold its weight: data, scales, zero points."""
 
 
-def _payload_after(model: Any) -> int:
+def _payload_after(model: Any, names: set[str]) -> int:
+    """Bytes of the weights of the quantized nodes named `names`."""
     inits = {t.name: t for t in model.graph.initializer}
     total = 0
     for node in model.graph.node:
+        if node.name not in names:
+            continue
         for i in _PAYLOAD_INPUTS.get(node.op_type, ()):
             if i < len(node.input) and node.input[i] in inits:
                 total += _tensor_bytes(inits[node.input[i]])
@@ -321,14 +324,14 @@ def quantize(
     if targets:
         model = _run_quantizer(model, sorted(targets), exclude, op_types, source, cfg, ctx)
     folded = _fold_biases(model, {f"{n}_Add" for n in gemms})
-    missed = sorted(n for n in chosen if not _converted(n, renamed, model))
+    made = {n: _converted(n, renamed, model) for n in chosen}
+    missed = sorted(n for n, q in made.items() if q is None)
     if missed:
-        raise UserError(
-            f"onnxruntime's int4 quantizer left {', '.join(missed[:8])} in float: it converts "
-            f"{TAKES}"
+        raise StageError(
+            "quantize", f"onnxruntime's int4 quantizer left {', '.join(missed[:8])} in float"
         )
     _save(model, out)
-    after = _payload_after(model)
+    after = _payload_after(model, {q for q in made.values() if q is not None})
     return {
         "bits": cfg.bits,
         "block_size": cfg.block_size,
@@ -359,10 +362,17 @@ def _name_unnamed(model: Any) -> None:
             node.name = _fresh(f"{node.op_type}_{i}", taken)
 
 
-def _converted(name: str, renamed: dict[str, str], model: Any) -> bool:
-    target = renamed.get(name, name)
-    pattern = re.compile(re.escape(target) + r"_Q\d+")
-    return any(n.op_type in _QUANTIZED_OPS and pattern.fullmatch(n.name) for n in model.graph.node)
+def _converted(name: str, renamed: dict[str, str], model: Any) -> str | None:
+    """The name of the quantized node that `name` (or its MatMul rewrite) became, if any."""
+    pattern = re.compile(re.escape(renamed.get(name, name)) + r"_Q\d+")
+    return next(
+        (
+            n.name
+            for n in model.graph.node
+            if n.op_type in _QUANTIZED_OPS and pattern.fullmatch(n.name)
+        ),
+        None,
+    )
 
 
 def _to_opset(model: Any, version: int) -> Any:
