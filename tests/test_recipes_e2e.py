@@ -55,6 +55,20 @@ def test_digits_int8(tmp_path: Path) -> None:
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_digits_int4(tmp_path: Path) -> None:
+    report = compress("digits-int4.yaml", tmp_path)
+    assert report["baseline"]["accuracy"] >= 0.97
+    assert report["baseline"]["accuracy"] - report["compressed"]["accuracy"] <= 0.005
+    assert report["deltas"]["size_ratio"] <= 0.15
+    payload = stage(report, "quantize")["payload_bytes"]
+    assert payload["after"] * 7 <= payload["before"]  # the Linear weights: 1/7 of FP32 or less
+    path = tmp_path / "model.int4.onnx"
+    onnx.checker.check_model(str(path))
+    ort.InferenceSession(str(path))
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulNBits") == 3 and "Gemm" not in ops
+
+
 @pytest.mark.slow
 def test_digits_eighth(tmp_path: Path) -> None:
     report = compress("digits-eighth.yaml", tmp_path)

@@ -196,6 +196,11 @@ def param_counts(path: Path) -> tuple[int, int]:
                 zp = (arg(node, zp_index) or None) if zp_index is not None else None
                 quantized[name] = (zp, axis)
     total = nonzero = 0
+    for node in model.graph.node:
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            count, nz, used = _block_quantized_counts(node, inits)
+            total, nonzero = total + count, nonzero + nz
+            qparams.update(used)
     for name, tensor in inits.items():
         if name in qparams and name not in quantized:
             continue
@@ -215,6 +220,49 @@ def param_counts(path: Path) -> tuple[int, int]:
         total += int(values.size)
         nonzero += nz
     return total, nonzero
+
+
+def _block_quantized_counts(node: Any, inits: dict[str, Any]) -> tuple[int, int, list[str]]:
+    """(parameters, non-zero parameters, initializers read) of a weight-only block-quantized node:
+    MatMulNBits (K x N weights packed `bits` to a byte, one zero point per block, default the
+    middle of the range) or GatherBlockQuantized (INT4/UINT4 data); scales are not parameters."""
+    from onnx import TensorProto, numpy_helper
+
+    def arg(i: int) -> str:
+        return str(node.input[i]) if i < len(node.input) else ""
+
+    if node.op_type == "GatherBlockQuantized":
+        used = [arg(i) for i in (0, 2, 3) if arg(i) in inits]
+        if arg(0) not in inits:
+            return 0, 0, used
+        values = numpy_helper.to_array(inits[arg(0)]).astype(np.int64)
+        zero: Any = 8 if inits[arg(0)].data_type == TensorProto.UINT4 else 0
+        if arg(3) in inits:  # one zero point per block along quantize_axis
+            axis, block = _attr(node, "quantize_axis", 1), _attr(node, "block_size", 128)
+            points = numpy_helper.to_array(inits[arg(3)]).astype(np.int64)
+            points = np.repeat(points, block, axis=axis)
+            zero = np.take(points, np.arange(values.shape[axis]), axis=axis)
+        return int(values.size), int(np.count_nonzero(values != zero)), used
+    used = [arg(i) for i in (1, 2, 3, 4) if arg(i) in inits]
+    if arg(1) not in inits:
+        return 0, 0, used
+    k, n, bits = _attr(node, "K", 0), _attr(node, "N", 0), _attr(node, "bits", 4)
+    packed = numpy_helper.to_array(inits[arg(1)]).reshape(n, -1).astype(np.int64)
+    per_byte = 8 // bits
+    shifts = np.arange(per_byte) * bits
+    values = ((packed[:, :, None] >> shifts) & ((1 << bits) - 1)).reshape(n, -1)
+    blocks = values.shape[1] // _attr(node, "block_size", 32)
+    zero = 1 << (bits - 1)
+    if arg(3) in inits:
+        points = numpy_helper.to_array(inits[arg(3)])
+        if points.dtype.kind == "f":  # HQQ: float zero points
+            points = np.rint(points).astype(np.int64).reshape(n, -1)
+        else:
+            raw = points.astype(np.int64).reshape(n, -1)
+            points = ((raw[:, :, None] >> shifts) & ((1 << bits) - 1)).reshape(n, -1)
+        zero = np.repeat(points[:, :blocks], values.shape[1] // blocks, axis=1)
+    nonzero = int(np.count_nonzero((values != zero)[:, :k]))
+    return k * n, nonzero, used
 
 
 @register_model_source("onnx")

@@ -32,6 +32,8 @@ from modelquant.schemes.calibration import (
     CalibrationConfig,
     calibration_reader,
 )
+from modelquant.schemes.fp16 import Fp16Config
+from modelquant.schemes.int4 import Int4Config
 from modelquant.schemes.int8_static import Int8StaticConfig
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.stages.fallback import FallbackConfig
@@ -129,6 +131,15 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
         description="Per-layer precision rules, first match wins, resolved on the graph that is "
         "quantized (after pre-processing).",
     )
+    int4: Int4Config = Field(
+        default_factory=Int4Config,
+        description="Settings of precision int4 (weight-only MatMulNBits), for the stage or rules.",
+    )
+    fp16: Fp16Config = Field(
+        default_factory=Fp16Config,
+        description="Settings of precision fp16 (onnxruntime's float16 converter), for the stage "
+        "or rules.",
+    )
     npu: NpuVariantConfig = Field(
         default_factory=NpuVariantConfig,
         description="The NPU variant, made when evaluate.backends lists npu (QNN QDQ flavour).",
@@ -163,7 +174,8 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
 
 
 STAGE_KEYS = frozenset(
-    {"precision", "mode", "preprocess", "overrides", "npu", *FallbackConfig.model_fields}
+    {"precision", "mode", "preprocess", "overrides", "npu", "int4", "fp16"}
+    | set(FallbackConfig.model_fields)
 )
 SCHEME_KEYS = frozenset(QuantizeConfig.model_fields) - STAGE_KEYS
 

@@ -51,12 +51,12 @@ def test_two_schemes_may_not_claim_one_precision_and_mode(scratch_registry: None
 
 
 def test_a_new_precision_is_one_registration(scratch_registry: None) -> None:
-    class Fp16Config(SchemeConfig):
+    class Bf16Config(SchemeConfig):
         keep_io_types: bool = True
 
-    register_scheme("fp16", precision="fp16", config=Fp16Config)(_noop)
-    assert "fp16" in registered_precisions()
-    assert QuantizeConfig.model_validate({"precision": "fp16"}).scheme().name == "fp16"
+    register_scheme("bf16", precision="bf16", config=Bf16Config)(_noop)
+    assert "bf16" in registered_precisions()
+    assert QuantizeConfig.model_validate({"precision": "bf16"}).scheme().name == "bf16"
 
 
 @pytest.mark.parametrize("name", ["int8_static", "int8_dynamic", "fp32"])
@@ -83,5 +83,5 @@ def test_stage_settings_feed_each_scheme_with_its_defaults(name: str) -> None:
 def test_settings_a_scheme_does_not_take_are_rejected() -> None:
     with pytest.raises(ValidationError, match="calibration: not a setting of scheme 'int8_dyn"):
         QuantizeConfig.model_validate({"mode": "dynamic", "calibration": {"method": "entropy"}})
-    with pytest.raises(ValidationError, match="unknown precision 'int4'"):
-        QuantizeConfig.model_validate({"overrides": [{"match": "x", "precision": "int4"}]})
+    with pytest.raises(ValidationError, match="unknown precision 'int3'"):
+        QuantizeConfig.model_validate({"overrides": [{"match": "x", "precision": "int3"}]})
