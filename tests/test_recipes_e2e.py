@@ -69,6 +69,42 @@ def test_digits_int4(tmp_path: Path) -> None:
     assert ops.count("MatMulNBits") == 3 and "Gemm" not in ops
 
 
+def test_digits_mixed_map_in_the_graph(tmp_path: Path) -> None:
+    """Each rule's precision read back from the published graph: the input conv reads a float
+    weight, the hidden Gemm a per-tensor int8 weight, the head an fp16 weight, the rest int8."""
+    report = compress("digits-mixed.yaml", tmp_path)
+    assert report["baseline"]["accuracy"] - report["compressed"]["accuracy"] <= 0.005
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    onnx.checker.check_model(onnx.load(str(tmp_path / "model.int8.onnx")))
+    init = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes = {n.name: n for n in graph.node}
+
+    def weight(node: str) -> tuple[str, int]:
+        """(how the weight arrives, the stored scale count or element type)."""
+        w = nodes[node].input[1]
+        made = producer.get(w)
+        if made is not None and made.op_type == "DequantizeLinear":
+            scales = init[made.input[1]]
+            zp_type = onnx.TensorProto.DataType.Name(init[made.input[2]].data_type)
+            return f"dq-{zp_type}", int(max(1, *scales.dims) if scales.dims else 1)
+        if made is not None and made.op_type == "Cast":
+            return "cast", init[made.input[0]].data_type
+        return "float", init[w].data_type
+
+    assert weight("/features/features.0/Conv") == ("float", onnx.TensorProto.FLOAT)
+    assert weight("/classifier/classifier.1/Gemm") == ("dq-INT8", 1)  # per-tensor by rule
+    assert weight("/features/features.2/Conv")[0] == "dq-INT8"
+    assert weight("/features/features.2/Conv")[1] > 1  # the stage's per-channel
+    head = nodes["/classifier/classifier.3/Gemm"]
+    assert init[head.input[1]].data_type == onnx.TensorProto.FLOAT16
+    assert stage(report, "quantize")["precision_map"] == {
+        "/classifier/classifier.1/Gemm": "int8",
+        "/classifier/classifier.3/Gemm": "fp16",
+        "/features/features.0/Conv": "fp32",
+    }
+
+
 @pytest.mark.slow
 def test_digits_eighth(tmp_path: Path) -> None:
     report = compress("digits-eighth.yaml", tmp_path)

@@ -125,10 +125,17 @@ def _weight_axis(node: Any) -> int:
 def layer_overrides(
     source: Path, plan: QuantPlan[Int8StaticConfig], reader: CalibrationReader, ctx: StageContext
 ) -> dict[str, list[dict[str, Any]]]:
-    """onnxruntime's TensorQuantOverrides for the layer rules' settings: a node's activations
-    (its float inputs and outputs) take the rule's type, symmetry and ranges from the rule's
-    calibration method; its weight takes a per-channel axis or one scale. Where two rules claim
-    one tensor, the wider activation type wins."""
+    """onnxruntime's TensorQuantOverrides for the layer rules' settings: a node's input
+    activation takes the rule's type, symmetry and ranges from the rule's calibration method;
+    its weight takes a per-channel axis or one scale. Where two rules claim one tensor, the wider
+    activation type wins.
+
+    One tensor has one Q/DQ pair, owned by its producer: 16-bit activations for a node are the
+    producer's output in 16 bits (and, through ops that pass their input's parameters on,
+    `SHARED_PARAMS`, the output of the layer before those), so that producer loses its fused
+    int8 kernel on CPUs and runs as simulated float. onnxruntime's `convert` (8-bit for the
+    producer, re-quantized to 16 bits for this node) would keep the kernel but not the precision:
+    the values are rounded to 8 bits first."""
     import numpy as np
     import onnx
 
@@ -149,10 +156,7 @@ def layer_overrides(
     for name, layer in plan.layers.items():
         node = nodes[name]
         acts = [
-            t
-            for a in (*node.input[:1], *node.output)
-            if a and a not in weights
-            for t in _shared_chain(a, producer)
+            t for a in node.input[:1] if a and a not in weights for t in _shared_chain(a, producer)
         ]
         for tensor in acts:
             entry = out.setdefault(tensor, {})
