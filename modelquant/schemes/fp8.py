@@ -463,6 +463,7 @@ def quantize(
         calibration["percentile"] = cfg.percentile
     with tempfile.TemporaryDirectory(prefix="mq-fp8-") as tmp:
         model, opset = raise_opset(source, Path(tmp))
+        raised = model != source
         reader = calibration_reader(model, CalibrationConfig(samples=cfg.samples), ctx)
         calibration.update(samples=reader.samples, batch_size=reader.batch_size)
         extra: dict[str, Any] = {"QDQKeepRemovableActivations": True, "ActivationSymmetric": True}
@@ -503,7 +504,7 @@ def quantize(
         "weights": "float8e4m3fn",
         "per_channel": cfg.per_channel,
         "calibration": calibration,
-        "opset": opset if opset >= OPSET else {"from": opset, "to": OPSET},
+        "opset": {"from": opset, "to": OPSET} if raised else opset,
         "activations_moved": moved,
     }
     if per_channel_of:

@@ -64,7 +64,8 @@ def test_shipped_recipe_keeps_digits_accuracy(tmp_path: Path) -> None:
     graph = onnx.load(str(path)).graph
     weights = [t.name for t in graph.initializer if t.data_type == F8 and len(t.dims) > 1]
     assert len(weights) == 5, weights  # 3 convolutions and 2 linear layers
-    assert report["compressed"]["nonzero_params"] >= 0.99 * report["baseline"]["params"]
+    # E4M3 flushes to zero only what is below half its smallest subnormal (1 weight of 150k here)
+    assert report["compressed"]["nonzero_params"] >= 0.999 * report["baseline"]["params"]
     cpu = report["compressed"]["backends"]["cpu"]
     assert cpu["emulated"] and "emulated" in cpu["notes"][0]
     assert not report["baseline"]["backends"]["cpu"]["emulated"]
@@ -177,7 +178,34 @@ def test_fp8_rules_in_a_float_model_verify_by_their_weights(
     weights = {t.name for t in graph.initializer}
     assert fp8.applied(before, after, weights)
     other = next(n for n in graph.node if n.name == "/classifier/classifier.1/Gemm")
-    assert not fp8.applied(other, after, weights)
+    assert not fp8.applied(other, after, weights)  # its weight is read in float
+    quantize_fp8(tiny_checkpoint, tmp_path / "int8", quantize={"precision": "int8"})
+    int8 = onnx.load(str(tmp_path / "int8" / "model.int8.onnx"))
+    assert not fp8.applied(before, int8, weights)  # dequantized, but from int8
+
+
+def test_a_model_the_converter_cannot_raise_is_bad_input(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from modelquant.errors import UserError
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    bad = helper.make_node("Relu", ["x"], ["y"], name="relu", alpha=1.0)  # Relu has no alpha
+    model = helper.make_model(
+        helper.make_graph([bad], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(UserError, match="could not raise this model from opset 17.*opset: 19"):
+        fp8.raise_opset(tmp_path / "m.onnx", tmp_path)
+    good = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(good, str(tmp_path / "good.onnx"))
+    raised, opset = fp8.raise_opset(tmp_path / "good.onnx", tmp_path)
+    assert opset == 17 and onnx.load(str(raised)).opset_import[0].version == 19
+    assert fp8.raise_opset(raised, tmp_path) == (raised, 19)
 
 
 def test_emulated_cpu_latency_is_never_gated(tiny_checkpoint: Path, tmp_path: Path) -> None:
