@@ -221,12 +221,13 @@ def across_models(args: Any, console: Console, rows: list[dict[str, Any]]) -> di
             "sqnr_db_min": float(np.min([v["sqnr_db"] for v in vals])),
             "drop_pt_mean": float(np.mean([v["drop_pt"] for v in vals])),
             "drop_pt_max": float(np.max([v["drop_pt"] for v in vals])),
+            "agreement_mean": float(np.mean([v["agreement"] for v in vals])),
         }
         for label, vals in val_rows.items()
     }
     n = next(iter(summary.values()))["models"]
     table = Table(title=f"val only, over {n} digits CNNs (the shipped one, seeded full and half)")
-    for col in ("scales", "SQNR mean", "SQNR worst", "drop mean", "drop worst"):
+    for col in ("scales", "SQNR mean", "SQNR worst", "drop mean", "drop worst", "top-1 agrees"):
         table.add_column(col)
     for label, m in summary.items():
         table.add_row(
@@ -235,6 +236,7 @@ def across_models(args: Any, console: Console, rows: list[dict[str, Any]]) -> di
             f"{m['sqnr_db_min']:.2f} dB",
             f"{m['drop_pt_mean']:+.2f} pt",
             f"{m['drop_pt_max']:+.2f} pt",
+            f"{m['agreement_mean']:.2%}",
         )
     console.print(table)
     return summary
