@@ -36,18 +36,18 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "digits-fp8.yaml"
 
 VARIANTS: dict[str, list[str]] = {
     "ort scales (std-based), graph fixed": ["stages.1.quantize.fp8.scales=ort"],
-    "absmax, per-channel (default)": [],
-    "absmax, per-tensor": ["stages.1.quantize.fp8.per_channel=false"],
-    "mse, per-channel": ["stages.1.quantize.fp8.scales=mse"],
-    "mse, per-tensor": [
+    "absmax, per-tensor (default)": [],
+    "absmax, per-channel": ["stages.1.quantize.fp8.per_channel=true"],
+    "mse, per-tensor": ["stages.1.quantize.fp8.scales=mse"],
+    "mse, per-channel": [
         "stages.1.quantize.fp8.scales=mse",
-        "stages.1.quantize.fp8.per_channel=false",
+        "stages.1.quantize.fp8.per_channel=true",
     ],
-    "percentile 99.99, per-channel": [
+    "percentile 99.99, per-tensor": [
         "stages.1.quantize.fp8.scales=percentile",
         "stages.1.quantize.fp8.percentile=99.99",
     ],
-    "percentile 99.999, per-channel": ["stages.1.quantize.fp8.scales=percentile"],
+    "percentile 99.999, per-tensor": ["stages.1.quantize.fp8.scales=percentile"],
 }
 
 

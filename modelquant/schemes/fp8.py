@@ -67,7 +67,7 @@ class Fp8Config(SchemeConfig):
         99.999, gt=0, le=100, description="Percentile of |x| mapped to 448 by scales: percentile."
     )
     per_channel: bool = Field(
-        True, description="One scale per output channel of each weight (false: one per tensor)."
+        False, description="One scale per output channel of each weight (default: one per tensor)."
     )
     samples: int | None = Field(
         None, gt=0, description="Calibration samples (default: data.calibration.samples or 256)."

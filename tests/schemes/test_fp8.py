@@ -114,10 +114,15 @@ def test_relu_survives_onnxruntime_graph_optimizations(
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
 
 
-def test_scales_are_absmax_over_448(tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_scales_are_absmax_over_448(
+    tiny_checkpoint: Path, tmp_path: Path, per_channel: bool
+) -> None:
     """Every FP8 activation scale is one modelquant computed (none left to onnxruntime's
-    std-based choice), and each weight's per-channel scale maps its largest |w| to 448."""
-    report, _ = quantize_fp8(tiny_checkpoint, tmp_path)
+    std-based choice), and each weight's scale (or each output channel's) maps its largest |w|
+    to 448."""
+    settings = {"precision": "fp8", "fp8": {"per_channel": per_channel}}
+    report, _ = quantize_fp8(tiny_checkpoint, tmp_path, quantize=settings)
     calibration = report.stages[1].details["calibration"]
     assert calibration["scales"] == "absmax" and calibration["cache"] == "computed"
     computed = json.loads((tmp_path / calibration["cache_file"]).read_text())
@@ -131,10 +136,10 @@ def test_scales_are_absmax_over_448(tiny_checkpoint: Path, tmp_path: Path) -> No
             assert any(np.isclose(values[node.input[1]], s, rtol=1e-6) for s in computed.values())
         elif node.op_type == "DequantizeLinear" and node.input[0] in values:
             w = floats[node.input[0].removesuffix("_quantized")]
+            # Conv (out, in, kh, kw) and Gemm with transB (out, in): output channels lead
             absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-            if node.input[0].startswith("classifier") and w.ndim == 2:
-                absmax = np.abs(w).max(axis=1)  # Gemm with transB: output channels are rows
-            np.testing.assert_allclose(values[node.input[1]], absmax / 448, rtol=1e-6)
+            expected = absmax / 448 if per_channel else absmax.max() / 448
+            np.testing.assert_allclose(values[node.input[1]], expected, rtol=1e-6)
             weights += 1
     assert weights == 3
 
@@ -168,10 +173,10 @@ def test_fp8_rules_in_a_float_model_verify_by_their_weights(
     report, _ = quantize_fp8(
         tiny_checkpoint,
         tmp_path,
-        quantize={"precision": "fp32", "overrides": [rule], "fp8": {"per_channel": False}},
+        quantize={"precision": "fp32", "overrides": [rule], "fp8": {"per_channel": True}},
     )
     said = report.stages[1].details["rule_schemes"]["fp8"]
-    assert said["scheme"] == "fp8" and said["nodes"] == 1 and said["per_channel"] is False
+    assert said["scheme"] == "fp8" and said["nodes"] == 1 and said["per_channel"] is True
     graph = onnx.load(str(tmp_path / report.artifacts["baseline"])).graph
     before = next(n for n in graph.node if n.name == "/classifier/classifier.3/Gemm")
     after = onnx.load(str(tmp_path / report.artifacts["compressed"]))
