@@ -314,12 +314,12 @@ def raise_opset(source: Path, folder: Path) -> tuple[Path, int]:
     older; and the opset it had. A model the converter cannot raise is bad input."""
     import onnx
 
-    model = onnx.load(str(source))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    imports = onnx.load(str(source), load_external_data=False).opset_import
+    opset = next((o.version for o in imports if o.domain in ("", "ai.onnx")), 0)
     if opset >= OPSET:
         return source, opset
     try:
-        converted = onnx.version_converter.convert_version(model, OPSET)
+        converted = onnx.version_converter.convert_version(onnx.load(str(source)), OPSET)
         onnx.checker.check_model(converted)
     except Exception as exc:  # the converter raises many types; all mean "cannot convert"
         raise UserError(
@@ -371,7 +371,7 @@ def move_activations_behind_fp8(path: Path) -> int:
             copy.input[0] = before
             copy.output[0] = dq.output[0]  # consumers and graph outputs keep their names
             dq.output[0] = before
-            position = next(k for k, n in enumerate(graph.node) if n is dq)
+            position = next(k for k, n in enumerate(graph.node) if before in n.output)
             graph.node.insert(position + 1, copy)
         moved += 1
     if moved:
@@ -466,7 +466,7 @@ def quantize(
         raised = model != source
         reader = calibration_reader(model, CalibrationConfig(samples=cfg.samples), ctx)
         calibration.update(samples=reader.samples, batch_size=reader.batch_size)
-        extra: dict[str, Any] = {"QDQKeepRemovableActivations": True, "ActivationSymmetric": True}
+        extra: dict[str, Any] = {"QDQKeepRemovableActivations": True}
         ort_reader: Any = reader
         if cfg.scales != "ort":
             scales, cache, hit = activation_scales(model, reader, cfg, ctx.cache_dir)
