@@ -123,10 +123,13 @@ def _npu_refusal(path: Path, batch: int) -> str | None:
 
 
 FP8_EMULATED = "FP8 Q/DQ runs as casts around float kernels here: latency emulated, never gated on"
+FP8_EMULATED_ON = ("cpu",)
+"""Backends that run FP8 Q/DQ as casts around FP32 kernels (the CPU EP has no FP8 arithmetic;
+TensorRT on an Ada or Hopper GPU has, so cuda is not listed; the HTP refuses FP8 outright)."""
 
 
 def _fp8(path: Path, seen: dict[Path, bool]) -> bool:
-    """Whether `path` holds FLOAT8 weights (no backend here runs FP8 arithmetic), once per file."""
+    """Whether `path` holds FLOAT8 weights, read once per file."""
     if path not in seen:
         from modelquant.schemes.fp8 import float8_initializers
 
@@ -223,7 +226,7 @@ def _measure(
                 measured.results[role][backend_name] = BackendResult(skipped=str(exc))
             continue
         for role, out in outputs.items():
-            fp8_here = _fp8(paths[role], fp8)
+            fp8_here = backend_name in FP8_EMULATED_ON and _fp8(paths[role], fp8)
             res = BackendResult(
                 accuracy=metrics.top1(out, labels[: len(out)]),
                 emulated=backend.emulated or fp8_here,

@@ -8,7 +8,7 @@ saturates (the digits CNN's weights and ReLU outputs do), and it ignores `rmin`/
 overrides for float types; an explicit `scale` + `zero_point` override is the one way in.
 
 Two onnxruntime graph rewrites assume Q/DQ clamps like uint8 and would drop every ReLU of an FP8
-graph (the digits CNN then scores about 50 %): the quantizer removes a ReLU before an asymmetric
+graph (the digits CNN then scores 35-50 %): the quantizer removes a ReLU before an asymmetric
 Q (kept here with QDQKeepRemovableActivations), and the CPU EP's ReluQuantRewrite removes a ReLU
 (its Clip rule throws) in front of any QuantizeLinear whose zero point is not int8/uint8. An FP8
 zero point of 0 clamps nothing, so each ReLU/Clip that feeds an FP8 QuantizeLinear is moved
