@@ -212,7 +212,8 @@ def param_counts(path: Path) -> tuple[int, int]:
                 shape = [1] * values.ndim
                 shape[axis % values.ndim] = zero.size
                 zero = zero.reshape(shape)
-            nz = int(np.count_nonzero(values.astype(np.int64) != zero.astype(np.int64)))
+            # float64 holds every int32 exactly, and FP8 values below 1 that int64 would truncate
+            nz = int(np.count_nonzero(values.astype(np.float64) != zero.astype(np.float64)))
         elif values.dtype.kind == "f" and values.ndim >= 1 and values.size > 1:
             nz = int(np.count_nonzero(values))
         else:

@@ -195,7 +195,7 @@ def scheme_for(precision: str, mode: str | None = None) -> Scheme[Any]:
 
 
 # One line per scheme: importing the module registers it.
-from modelquant.schemes import fp16, fp32, int4, int8_dynamic, int8_static  # noqa: E402
+from modelquant.schemes import fp8, fp16, fp32, int4, int8_dynamic, int8_static  # noqa: E402
 
 __all__ = [
     "PHASE_CAST",
@@ -206,6 +206,7 @@ __all__ = [
     "Scheme",
     "SchemeConfig",
     "float_precisions",
+    "fp8",
     "fp16",
     "fp32",
     "int4",

@@ -32,6 +32,7 @@ from modelquant.schemes.calibration import (
     CalibrationConfig,
     calibration_reader,
 )
+from modelquant.schemes.fp8 import Fp8Config
 from modelquant.schemes.fp16 import Fp16Config
 from modelquant.schemes.int4 import Int4Config
 from modelquant.schemes.int8_static import Int8StaticConfig
@@ -118,7 +119,7 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
     NPU variant."""
 
     precision: str = Field(
-        "int8", description="Target precision: a registered one (int8; fp32 keeps float)."
+        "int8", description="Target precision: a registered one (int8, fp8; fp32 keeps float)."
     )
     mode: Literal["static", "dynamic"] = Field(
         "static", description="static: calibrated activation ranges; dynamic: ranges at run time."
@@ -144,17 +145,35 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
         default_factory=NpuVariantConfig,
         description="The NPU variant, made when evaluate.backends lists npu (QNN QDQ flavour).",
     )
+    fp8: Fp8Config = Field(
+        default_factory=Fp8Config,
+        description="Settings of precision fp8 (E4M3FN Q/DQ), for the stage or its fp8 rules.",
+    )
 
     _registered = field_validator("precision")(check_precision)
 
     @model_validator(mode="after")
     def _scheme_takes_its_settings(self) -> QuantizeConfig:
         scheme = scheme_for(self.precision, self.mode)
-        unused = sorted((self.model_fields_set & SCHEME_KEYS) - set(scheme.config.model_fields))
+        flat = self.model_fields_set & SCHEME_KEYS
+        if scheme.precision in SECTION_KEYS and flat:
+            raise ValueError(
+                f"{', '.join(sorted(flat))}: not a setting of precision {scheme.precision}; its "
+                f"settings go under `{scheme.precision}:` "
+                f"({', '.join(scheme.config.model_fields)})"
+            )
+        unused = sorted(flat - set(scheme.config.model_fields))
         if unused:
             raise ValueError(
                 f"{', '.join(unused)}: not a setting of scheme '{scheme.name}' "
                 f"(it takes: {', '.join(scheme.config.model_fields) or 'nothing'})"
+            )
+        asked = {self.precision} | {rule.settings().precision for rule in self.overrides}
+        idle = sorted((self.model_fields_set & SECTION_KEYS) - asked)
+        if idle:
+            raise ValueError(
+                f"{', '.join(idle)}: settings of a precision that neither `precision` nor any "
+                "override rule asks for"
             )
         return self
 
@@ -173,9 +192,12 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
         return cls.model_validate({k: getattr(self, k) for k in cls.model_fields})
 
 
-STAGE_KEYS = frozenset(
-    {"precision", "mode", "preprocess", "overrides", "npu", "int4", "fp16"}
-    | set(FallbackConfig.model_fields)
+SECTION_KEYS = frozenset({"fp8", "int4", "fp16"})
+"""Precisions whose settings live in their own section of the stage (`fp8: {...}`)."""
+STAGE_KEYS = (
+    frozenset({"precision", "mode", "preprocess", "overrides", "npu"})
+    | SECTION_KEYS
+    | frozenset(FallbackConfig.model_fields)
 )
 SCHEME_KEYS = frozenset(QuantizeConfig.model_fields) - STAGE_KEYS
 
@@ -376,10 +398,14 @@ def plan_passes(
     return passes, kept
 
 
+NPU_SCHEME = "int8_static"
+"""The scheme whose result gets a QNN-flavoured NPU variant."""
+
+
 @register_stage("quantize")
 class Quantize(Stage):
     """Quantize the ONNX model with onnxruntime.quantization (a registered scheme: int8 static
-    or dynamic)."""
+    or dynamic, fp8)."""
 
     Config = QuantizeConfig
     needs = "onnx"
@@ -390,7 +416,7 @@ class Quantize(Stage):
 
     def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
         # The variant is only worth making where the HTP can run it: refuse early, naming the extra.
-        if "npu" in targets and self.config.mode == "static":
+        if "npu" in targets and self.config.scheme().name == NPU_SCHEME:
             return {"onnxruntime_qnn": "evaluate.backends lists npu: the NPU variant"}
         return {}
 
@@ -424,8 +450,13 @@ class Quantize(Stage):
         ctx.details["precision_map"] = _precision_map(final)
         ctx.details["qdq_nodes"] = _count_ops(out, ("QuantizeLinear", "DequantizeLinear"))
         variants = dict(state.variants)
-        if "npu" in ctx.targets and scheme.name == "int8_static":
+        if "npu" in ctx.targets and scheme.name == NPU_SCHEME:
             variants["npu"] = self._npu_variant(state.onnx_path, ctx)
+        elif "npu" in ctx.targets:
+            ctx.details["npu_variant"] = (
+                f"not made: the NPU variant is a QNN int8 QDQ model, and precision "
+                f"{cfg.precision} has no QNN form"
+            )
         return state.replace(onnx_path=out, variants=variants)
 
     def _quantize_map(
