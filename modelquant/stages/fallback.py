@@ -156,6 +156,7 @@ class Outcome:
             "met": met,
             "rounds": [r.summary() for r in self.rounds],
             "rounds_taken": rounds_taken,
+            "first_met_round": next((r.index for r in self.rounds if self.within(r)), None),
             "kept_round": best.index,
             "kept_higher": dict(best.moved),
             "ranking": ranking,

@@ -229,5 +229,7 @@ def test_int4_settings_are_checked(settings: dict[str, Any], message: str) -> No
 def test_int4_settings_live_in_their_section() -> None:
     cfg = QuantizeConfig.model_validate({"precision": "int4", "int4": {"block_size": 32}})
     assert cfg.scheme().name == "int4" and cfg.scheme_config().block_size == 32
-    with pytest.raises(ValidationError, match="per_channel: not a setting of precision int4; its settings go under .int4:."):
+    with pytest.raises(
+        ValidationError, match="per_channel: not a setting of precision int4; its settings go under"
+    ):
         QuantizeConfig.model_validate({"precision": "int4", "per_channel": False})
