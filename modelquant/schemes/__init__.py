@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from modelquant.errors import UserError
+
 if TYPE_CHECKING:
     from modelquant.stages.base import StageContext
 
@@ -121,6 +123,25 @@ class Scheme(Generic[C]):
     applied: Applied | None = None
     """How to see in the written graph that a node got this precision (None: the quantize
     stage's integer-op check)."""
+    layer_keys: frozenset[str] = frozenset()
+    """The layer-rule settings (`LayerSettings` fields besides precision) the scheme honours;
+    a rule that sets another one for its layers is refused before any pass runs."""
+
+    def check_layers(self, layers: Mapping[str, LayerSettings]) -> None:
+        """UserError naming the rule settings these layers ask for that the scheme ignores."""
+        asked = sorted(
+            {k for layer in layers.values() for k, v in vars(layer).items() if v is not None}
+            - {"precision"}
+            - self.layer_keys
+        )
+        if asked:
+            takes = ", ".join(sorted(self.layer_keys)) or "none"
+            mode = f" ({self.mode} mode)" if self.mode else ""
+            raise UserError(
+                f"quantize overrides set {', '.join(asked)} on {self.precision}{mode} layers, "
+                f"which scheme '{self.name}' does not take (its rule settings: {takes}); drop "
+                "them from those rules"
+            )
 
     def quantize(
         self, source: Path, out: Path, plan: QuantPlan[C], ctx: StageContext
@@ -141,6 +162,7 @@ def register_scheme(
     keeps_float: bool = False,
     phase: int = PHASE_QDQ,
     applied: Applied | None = None,
+    layer_keys: frozenset[str] = frozenset(),
 ) -> Callable[[Handler[C]], Handler[C]]:
     """Function decorator: make `handler` the scheme `name` (once), picked by `precision` and
     `mode` in a recipe's quantize stage, with settings validated by `config`."""
@@ -155,7 +177,7 @@ def register_scheme(
                 f"mode '{mode}'"
             )
         _REGISTRY[name] = Scheme(
-            name, precision, mode, config, handler, keeps_float, phase, applied
+            name, precision, mode, config, handler, keeps_float, phase, applied, layer_keys
         )
         return handler
 

@@ -89,19 +89,6 @@ def quantize(
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     cfg = plan.config
-    asked = sorted(
-        {
-            k
-            for layer in plan.layers.values()
-            for k in ("per_channel", "symmetric", "calibration", "activations")
-            if getattr(layer, k) is not None
-        }
-    )
-    if asked:
-        raise UserError(
-            f"quantize overrides set {', '.join(asked)} on fp16 layers, which a float16 cast "
-            "does not take; set them on int8 rules"
-        )
     model = onnx.load(str(source))
     nodes = list(model.graph.node)
     op_block = set(DEFAULT_OP_BLOCK_LIST) | set(cfg.op_block_list)

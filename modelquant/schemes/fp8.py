@@ -425,7 +425,14 @@ def applied(node: Any, model: Any, weights: set[str]) -> bool:
 # ---------------------------------------------------------------- the handler
 
 
-@register_scheme("fp8", precision="fp8", config=Fp8Config, phase=PHASE_QDQ, applied=applied)
+@register_scheme(
+    "fp8",
+    precision="fp8",
+    config=Fp8Config,
+    phase=PHASE_QDQ,
+    applied=applied,
+    layer_keys=frozenset({"per_channel"}),
+)
 def quantize(
     source: Path, out: Path, plan: QuantPlan[Fp8Config], ctx: StageContext
 ) -> dict[str, Any]:
@@ -439,19 +446,6 @@ def quantize(
     )
 
     cfg = plan.config
-    asked = sorted(
-        {
-            k
-            for layer in plan.layers.values()
-            for k in ("activations", "symmetric", "calibration")
-            if getattr(layer, k) is not None
-        }
-    )
-    if asked:
-        raise UserError(
-            f"quantize overrides set {', '.join(asked)} for fp8 layers, which fp8 does not take "
-            "(its activations are E4M3FN with zero point 0; fp8 rules take per_channel)"
-        )
     per_channel_of = {n: s.per_channel for n, s in plan.layers.items() if s.per_channel is not None}
     if per_channel_of and cfg.scales == "ort":
         raise UserError(

@@ -272,19 +272,6 @@ def quantize(
     import onnx
 
     cfg = plan.config
-    asked = sorted(
-        {
-            k
-            for layer in plan.layers.values()
-            for k in ("per_channel", "symmetric", "calibration", "activations")
-            if getattr(layer, k) is not None
-        }
-    )
-    if asked:
-        raise UserError(
-            f"quantize overrides set {', '.join(asked)} on int4 layers; int4 takes its settings "
-            "from the quantize stage's int4 section (bits, block_size, symmetric, algorithm)"
-        )
     model = onnx.load(str(source))
     inits = {t.name: t for t in model.graph.initializer}
     forms = {n.name: f for n in model.graph.node if (f := int4_form(n, inits, cfg.gather))}

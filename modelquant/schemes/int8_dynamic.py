@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from modelquant.errors import UserError
 from modelquant.schemes import QuantPlan, SchemeConfig, register_scheme
 
 if TYPE_CHECKING:
@@ -49,19 +48,6 @@ def quantize(
     from onnxruntime.quantization import quantize_dynamic
 
     cfg = plan.config
-    asked = sorted(
-        {
-            k
-            for layer in plan.layers.values()
-            for k in ("activations", "symmetric", "calibration")
-            if getattr(layer, k) is not None
-        }
-    )
-    if asked:
-        raise UserError(
-            f"quantize overrides set {', '.join(asked)}, which dynamic quantization does not take "
-            "(its activation ranges are computed at run time); use mode: static"
-        )
     quantize_dynamic(
         str(source),
         str(out),

@@ -37,7 +37,13 @@ class Int8StaticConfig(Int8DynamicConfig):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
 
-@register_scheme("int8_static", precision="int8", mode="static", config=Int8StaticConfig)
+@register_scheme(
+    "int8_static",
+    precision="int8",
+    mode="static",
+    config=Int8StaticConfig,
+    layer_keys=frozenset({"per_channel", "symmetric", "calibration", "activations"}),
+)
 def quantize(
     source: Path, out: Path, plan: QuantPlan[Int8StaticConfig], ctx: StageContext
 ) -> dict[str, Any]:

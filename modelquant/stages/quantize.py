@@ -386,6 +386,8 @@ def plan_passes(
             layers={n: chosen[n] for n in nodes},
         )
         passes.append(Pass(scheme, plan))
+    for step in passes:
+        step.scheme.check_layers(step.plan.layers)
     passes.sort(key=lambda p: p.scheme.phase)
     phases = [p.scheme.phase for p in passes]
     clash = sorted({p.scheme.precision for p in passes if phases.count(p.scheme.phase) > 1})

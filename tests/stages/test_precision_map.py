@@ -128,7 +128,9 @@ def test_calibration_methods_give_different_scales(
 
 
 def test_dynamic_mode_refuses_activation_rules(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="dynamic quantization does not take"):
+    with pytest.raises(
+        UserError, match="int8 \\(dynamic mode\\) layers, which scheme .int8_dynamic. does not take"
+    ):
         quantize(
             tiny_checkpoint,
             tmp_path,
@@ -147,3 +149,15 @@ def test_a_rule_with_settings_but_float_precision_is_refused() -> None:
     QuantizeConfig.model_validate(
         {"overrides": [{"match": "type:Gemm", "precision": "int8", "per_channel": False}]}
     )
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int4"])
+def test_rule_settings_a_scheme_ignores_are_refused(
+    tiny_checkpoint: Path, tmp_path: Path, precision: str
+) -> None:
+    with pytest.raises(UserError, match=f"symmetric on {precision} layers"):
+        quantize(
+            tiny_checkpoint,
+            tmp_path,
+            overrides=[{"match": "classifier.3", "precision": precision, "symmetric": True}],
+        )
