@@ -262,7 +262,15 @@ def _nearest(rule: str, model: Any, initializers: set[str]) -> str:
         return "closest op types: " + ", ".join(f"type:{c}" for c in close or pool[:8])
     pool = sorted({name for n in model.graph.node for name in _layer_names(n, initializers)})
     close = difflib.get_close_matches(rule.removeprefix("re:").lstrip("/"), pool, n=5, cutoff=0.3)
-    return "closest layer names: " + ", ".join(close or pool[:8])
+    if close:
+        return "closest layer names: " + ", ".join(close)
+    # Nothing alike: name the layers with weights (what rules are usually about), not Relu nodes.
+    weighted = [
+        _layer_names(n, initializers)[-1]
+        for n in model.graph.node
+        if any(i in initializers for i in n.input[1:])
+    ]
+    return "layers with weights: " + ", ".join(list(dict.fromkeys(weighted))[:8] or pool[:8])
 
 
 # ---------------------------------------------------------------- verification afterwards

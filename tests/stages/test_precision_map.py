@@ -161,3 +161,10 @@ def test_rule_settings_a_scheme_ignores_are_refused(
             tmp_path,
             overrides=[{"match": "classifier.3", "precision": precision, "symmetric": True}],
         )
+
+
+def test_a_rule_like_no_layer_names_the_layers_with_weights(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match=r"layers with weights: features\.0, classifier\.1, "):
+        quantize(tiny_checkpoint, tmp_path, overrides=[{"match": "nope"}])
