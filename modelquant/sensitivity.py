@@ -232,16 +232,20 @@ def _settings(said: dict[str, Any]) -> dict[str, Any]:
 def _analysable(cfg: QuantizeConfig) -> QuantizeConfig:
     """The stage's settings in the form onnxruntime's debug tools read: Q/DQ pairs. QOperator
     has the same scales as QDQ (it fuses the pairs into QLinear ops), so it is analysed as QDQ;
-    dynamic quantization computes ranges at run time and writes no Q/DQ pairs at all."""
+    dynamic quantization computes ranges at run time and writes no Q/DQ pairs at all. The
+    accuracy budget is dropped: layers are measured as the plain quantization leaves them."""
     if cfg.mode == "dynamic":
         raise UserError(
             "analyze compares Q/DQ models, and the quantize stage's mode 'dynamic' writes integer "
             "ops with ranges computed at run time; set the quantize stage's mode: static to "
             "analyse it"
         )
+    # The layers are measured as the budget-free quantization quantizes them: with the fallback on,
+    # the stage would return the very layers being measured to float.
+    update: dict[str, Any] = {"accuracy_budget": None}
     if getattr(cfg, "format", "qdq") == "qoperator":
-        return cfg.model_copy(update={"format": "qdq"})
-    return cfg
+        update["format"] = "qdq"
+    return cfg.model_copy(update=update)
 
 
 def _quantize(

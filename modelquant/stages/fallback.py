@@ -114,6 +114,8 @@ class Outcome:
     budget: float
     float_metric: float
     rounds: list[Round] = field(default_factory=list)
+    missed_because: str = "out of rounds"
+    """Said when the budget is missed: out of rounds, fallback off, nothing left to move."""
 
     @property
     def best(self) -> Round:
@@ -140,7 +142,7 @@ class Outcome:
             "detail": (
                 f"{metric} on validation: float {self.float_metric:.2%} -> {best.metric:.2%} "
                 f"after {len(self.rounds) - 1} fallback round(s)"
-                + ("" if met else "; out of rounds, the best model is published")
+                + ("" if met else f"; {self.missed_because}, the best model is published")
             ),
             "unit": "fraction",
         }

@@ -78,6 +78,16 @@ class OverrideRule(BaseModel):
     def _registered(cls, value: str) -> str:
         return value if value in PRECISION_ALIASES else check_precision(value)
 
+    @field_validator("match")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        if value.startswith("re:"):
+            try:
+                re.compile(value[3:])
+            except re.error as exc:
+                raise ValueError(f"'{value}' is not a valid regular expression: {exc}") from exc
+        return value
+
     @model_validator(mode="after")
     def _settings_need_a_quantized_precision(self) -> OverrideRule:
         if self.precision in float_precisions():
@@ -167,6 +177,27 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
             raise ValueError(
                 f"{', '.join(unused)}: not a setting of scheme '{scheme.name}' "
                 f"(it takes: {', '.join(scheme.config.model_fields) or 'nothing'})"
+            )
+        sixteen = {"uint16", "int16"}
+        wants_16 = self.activations in sixteen or any(
+            rule.settings().activations in sixteen for rule in self.overrides
+        )
+        if wants_16 and self.format != "qdq":
+            raise ValueError(
+                "16-bit activations (activations: uint16/int16, or a w8a16 rule) exist only as "
+                "Q/DQ pairs; set `format: qdq`"
+            )
+        fallback_keys = self.model_fields_set & {"fallback", "max_rounds"}
+        if self.accuracy_budget is None and fallback_keys:
+            raise ValueError(
+                f"{', '.join(sorted(fallback_keys))} without accuracy_budget does nothing; set "
+                "`accuracy_budget: 0.005` (the largest drop allowed on data.validation)"
+            )
+        if self.accuracy_budget is not None and (scheme.name != "int8_static"):
+            raise ValueError(
+                f"accuracy_budget works with static int8 (precision: int8, mode: static), whose "
+                f"Q/DQ layers the fallback ranks and moves; scheme '{scheme.name}' has no "
+                "fallback yet: drop accuracy_budget, or use layer rules"
             )
         asked = {self.precision} | {rule.settings().precision for rule in self.overrides}
         idle = sorted((self.model_fields_set & SECTION_KEYS) - asked)
@@ -461,7 +492,8 @@ class Quantize(Stage):
         ctx.details["qdq_nodes"] = _count_ops(out, ("QuantizeLinear", "DequantizeLinear"))
         variants = dict(state.variants)
         if "npu" in ctx.targets and scheme.name == NPU_SCHEME:
-            variants["npu"] = self._npu_variant(state.onnx_path, ctx)
+            moved = _moved_to_float(source, final, chosen)
+            variants["npu"] = self._npu_variant(state.onnx_path, ctx, moved)
         elif "npu" in ctx.targets:
             ctx.details["npu_variant"] = (
                 f"not made: the NPU variant is a QNN int8 QDQ model, and precision "
@@ -523,14 +555,16 @@ class Quantize(Stage):
 
         first = attempt(0, {})
         ranking: list[dict[str, Any]] = []
-        if not outcome.within(first) and cfg.fallback != "off":
+        if cfg.fallback == "off":
+            outcome.missed_because = "fallback is off"
+        elif not outcome.within(first):
             ranking = self._rank(source, chosen, ctx)
             ranked = [r["node"] for r in ranking]
-            w8a16 = cfg.scheme().name == "int8_static" and cfg.format == "qdq"
-            index = 0
-            for index, moved in enumerate(
-                schedule(ranked, cfg.max_rounds, cfg.fallback, w8a16), start=1
-            ):
+            w8a16 = cfg.format == "qdq" and cfg.activations not in ("uint16", "int16")
+            plans = schedule(ranked, cfg.max_rounds, cfg.fallback, w8a16)
+            if not plans:
+                outcome.missed_because = "no quantized layer left to move"
+            for index, moved in enumerate(plans, start=1):
                 if outcome.within(attempt(index, moved)):
                     # One more round, if left: the same map without its 16-bit layers.
                     fewer = trimmed(moved)
@@ -602,9 +636,11 @@ class Quantize(Stage):
             current = target
         return said
 
-    def _npu_variant(self, source: Path, ctx: StageContext) -> Path:
+    def _npu_variant(self, source: Path, ctx: StageContext, moved: list[str] | None = None) -> Path:
         """The QNN flavour: fixed batch, QNN pre-processing and QDQ config (get_qnn_qdq_config),
-        with the layer rules resolved on the QNN-prepared graph."""
+        with the layer rules resolved on the QNN-prepared graph, plus the layers the fallback
+        moved to float (`moved`: their names, matched there too; the variant's activations are
+        16-bit already, so w8a16 moves have nothing to add)."""
         from modelquant.backends.qnn_quant import qnn_prepare, qnn_quantize
         from modelquant.models import onnx_file
 
@@ -616,6 +652,16 @@ class Quantize(Stage):
                 with quiet_quantizer():
                     prepared = qnn_prepare(source, Path(tmp), npu.batch_size)
                     chosen = resolve_rules(prepared, cfg.overrides, "NPU variant's graph")
+                    missed = []
+                    for name in moved or []:
+                        try:
+                            extra = resolve_rules(
+                                prepared, [OverrideRule(match=name)], "NPU variant's graph"
+                            )
+                        except UserError:
+                            missed.append(name)
+                            continue
+                        chosen = {**extra, **chosen}  # the recipe's own rules come first
                     kept = _npu_kept(cfg, chosen)
                     reader = calibration_reader(
                         prepared, cfg.calibration, ctx, batch_size=npu.batch_size
@@ -645,6 +691,8 @@ class Quantize(Stage):
             "qdq_nodes": _count_ops(out, ("QuantizeLinear", "DequantizeLinear")),
             "kept_float": kept,
         }
+        if missed:
+            ctx.details["npu_variant"]["fallback_not_applied"] = missed
         return out
 
     def _preprocess(self, source: Path, ctx: StageContext) -> Path:
@@ -661,6 +709,22 @@ class Quantize(Stage):
                 return source
         ctx.details["preprocess"] = "applied"
         return target
+
+
+def _moved_to_float(
+    source: Path, final: dict[str, LayerSettings], rules: dict[str, LayerSettings]
+) -> list[str]:
+    """Names (torch module path where known, else node name) of the layers the fallback moved to
+    float: in `final`, float, and not so by the recipe's own rules."""
+    import onnx
+
+    floats = float_precisions()
+    moved = {n for n, layer in final.items() if layer.precision in floats and n not in rules}
+    if not moved:
+        return []
+    model = onnx.load(str(source), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    return [_layer_names(node, initializers)[-1] for node in model.graph.node if node.name in moved]
 
 
 def _npu_kept(cfg: QuantizeConfig, chosen: dict[str, LayerSettings]) -> list[str]:

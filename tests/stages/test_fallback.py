@@ -75,3 +75,50 @@ def test_fallback_off_reports_the_drop_and_changes_nothing(tmp_path: Path) -> No
     assert code == 1
     fallback = report["stages"][1]["details"]["fallback"]
     assert fallback["rounds_taken"] == 0 and fallback["kept_higher"] == {}
+
+
+def test_the_npu_variant_keeps_the_fallbacks_float_layers(tmp_path: Path) -> None:
+    import pytest
+
+    pytest.importorskip("onnxruntime_qnn")
+    code, report = compress(tmp_path, "--set", "evaluate.backends=[cpu, npu]")
+    assert code == 0
+    details = report["stages"][1]["details"]
+    assert "bn_cont" in " ".join(details["npu_variant"]["kept_float"]).replace("/", " ")
+    assert "fallback_not_applied" not in details["npu_variant"]
+    npu = report["variants"]["npu"]
+    assert npu["accuracy"] >= report["baseline"]["accuracy"] - 0.02
+
+
+def test_analyze_measures_the_layers_the_fallback_would_move(tmp_path: Path) -> None:
+    """analyze on a recipe with a budget ranks the plain quantization's layers: the fallback
+    must not run inside it and hide the culprit in float."""
+    result = runner.invoke(
+        app, ["analyze", "breast-cancer-fallback", "--out", str(tmp_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["layers"][0]["node"] == BN
+    assert BN not in doc.get("kept_float", [])
+
+
+def test_settings_that_cannot_work_are_bad_input() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from modelquant.stages.quantize import QuantizeConfig
+
+    bad = [
+        ({"accuracy_budget": 0.01, "mode": "dynamic"}, "accuracy_budget works with static int8"),
+        ({"accuracy_budget": 0.01, "precision": "int4"}, "accuracy_budget works with static int8"),
+        ({"fallback": "fp32"}, "without accuracy_budget does nothing"),
+        ({"format": "qoperator", "activations": "uint16"}, "set `format: qdq`"),
+        (
+            {"format": "qoperator", "overrides": [{"match": "x", "precision": "w8a16"}]},
+            "set `format: qdq`",
+        ),
+        ({"overrides": [{"match": "re:(("}]}, "not a valid regular expression"),
+    ]
+    for settings, message in bad:
+        with pytest.raises(ValidationError, match=message):
+            QuantizeConfig.model_validate(settings)
