@@ -44,7 +44,8 @@ class CalibrationConfig(BaseModel):
         8,
         gt=0,
         description="Calibration batches whose activations are held in memory at once; the "
-        "calibrator folds them into its ranges or histograms, then takes the next ones.",
+        "calibrator folds them into its ranges or histograms, then takes the next ones (for the "
+        "histogram methods the first chunk sets the histogram's range, later ones extend it).",
     )
 
     def histogram_bins(self) -> int:
