@@ -9,19 +9,17 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from modelquant.data import digits
+from modelquant.examples import training
 from modelquant.examples.digits.model import build, build_half
 
-SEED = 0
+SEED = training.SEED
 # Adam at 1e-3 in batches of 64, chosen on val (never test) with `--curve --epochs 40`: val accuracy
 # passes 98 % at epoch 13, first reaches its best (98.89 %, 267 of 270) at 24 and holds it from
 # epoch 34 to 40; 34 is the first epoch of that plateau. About 30 s of CPU time on one thread.
 EPOCHS = 34
-LR = 1e-3
 BATCH = 64
 DEFAULT_OUT = Path(__file__).resolve().parent / "cnn.safetensors"
 
@@ -36,59 +34,29 @@ def train(
 
     `after_epoch(epoch, model)` is called after each epoch (1-based), e.g. to score it on val.
     """
-    torch.set_num_threads(1)  # one thread: reductions run in one fixed order
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(seed)
-    data = digits.load("train")
-    x, y = torch.from_numpy(data.inputs["input"]), torch.from_numpy(data.labels)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    order_rng = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(x), generator=order_rng)
-        for start in range(0, len(x), BATCH):
-            idx = order[start : start + BATCH]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-        if after_epoch is not None:
-            after_epoch(epoch, model.eval())
-            model.train()
-    return model.eval()
+    return training.fit(model, digits.load("train"), epochs, BATCH, seed, after_epoch)
 
 
 def accuracy(model: nn.Module, split: str = "test") -> float:
     """Top-1 accuracy of `model` on a digits split (val: 270 images, test: 450)."""
-    data = digits.load(split)
-    with torch.no_grad():
-        logits = model(torch.from_numpy(data.inputs["input"]))
-    return float((logits.argmax(1).numpy() == data.labels).mean())
+    return training.top1(model, digits.load(split))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Train the digits CNN (seeded, deterministic).")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint to write")
-    parser.add_argument("--half", action="store_true", help="train build_half() instead of build()")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of Adam")
-    parser.add_argument(
-        "--curve", action="store_true", help="print val accuracy after every epoch (to pick epochs)"
+    def half(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--half", action="store_true", help="train build_half() instead of build()"
+        )
+
+    training.main(
+        "Train the digits CNN (seeded, deterministic).",
+        lambda args: build_half() if args.half else build(),
+        train,
+        accuracy,
+        EPOCHS,
+        DEFAULT_OUT,
+        half,
     )
-    args = parser.parse_args()
-    torch.manual_seed(SEED)  # the factory's initial weights
-    model = build_half() if args.half else build()
-
-    def report(epoch: int, model: nn.Module) -> None:
-        print(f"epoch {epoch:3d}  val accuracy {accuracy(model, 'val'):.4f}", flush=True)
-
-    model = train(model, args.epochs, after_epoch=report if args.curve else None)
-    params = sum(p.numel() for p in model.parameters())
-    scores = f"val accuracy {accuracy(model, 'val'):.4f}"
-    if not args.curve:  # the test split is scored once, on the final model, never while choosing
-        scores += f"; test accuracy {accuracy(model, 'test'):.4f}"
-    print(f"{params:,} parameters; {scores}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
