@@ -161,25 +161,31 @@ def _fixed_batch(model: Path) -> int | None:
     return None
 
 
-def ranges_key(model: Path, reader: CalibrationReader, calibration: CalibrationConfig) -> str:
-    """Key of the activation ranges: they depend on the model's bytes, the batches fed, the
-    calibration method and onnxruntime, nothing else (not on how the data was named)."""
+def content_key(model: Path, reader: CalibrationReader, settings: dict[str, Any]) -> str:
+    """Key of what a calibrator computes from `model` and the reader's batches under `settings`:
+    the model's bytes, the batches fed, the settings and onnxruntime, nothing else (not how the
+    data was named)."""
     import onnxruntime
 
     from modelquant.models import onnx_file
 
-    settings = calibration.model_dump(mode="json", exclude={"samples"})  # the batches say it
     return hashlib.sha256(
         json.dumps(
             {
                 "model": onnx_file.content_hash(model),
                 "data": reader.content_hash(),
-                "calibration": settings,
+                **settings,
                 "onnxruntime": onnxruntime.__version__,
             },
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
+
+
+def ranges_key(model: Path, reader: CalibrationReader, calibration: CalibrationConfig) -> str:
+    """Key of the activation ranges: the calibration settings (the batches say the samples)."""
+    settings = calibration.model_dump(mode="json", exclude={"samples"})
+    return content_key(model, reader, {"calibration": settings})
 
 
 def compute_ranges(

@@ -18,7 +18,6 @@ zero point of 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -28,7 +27,12 @@ from pydantic import Field
 
 from modelquant.errors import UserError
 from modelquant.schemes import PHASE_QDQ, QuantPlan, SchemeConfig, register_scheme
-from modelquant.schemes.calibration import CalibrationConfig, CalibrationReader, calibration_reader
+from modelquant.schemes.calibration import (
+    CalibrationConfig,
+    CalibrationReader,
+    calibration_reader,
+    content_key,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -203,29 +207,14 @@ def abs_histograms(
 
 
 def _scales_key(model: Path, reader: CalibrationReader, cfg: Fp8Config) -> str:
-    """Key of the activation scales: the model's bytes, the batches fed, how scales are chosen
-    and onnxruntime (its calibrator collects the statistics)."""
-    import onnxruntime
-
-    from modelquant.models import onnx_file
-
+    """Key of the activation scales: how scales are chosen (onnxruntime's calibrator collects
+    the statistics), with the model's bytes and the batches fed."""
     method: dict[str, Any] = {"scales": cfg.scales, "bins": HISTOGRAM_BINS}
     if cfg.scales == "percentile":
         method["percentile"] = cfg.percentile
     if cfg.scales == "mse":
         method["candidates"] = MSE_CANDIDATES
-    return hashlib.sha256(
-        json.dumps(
-            {
-                "model": onnx_file.content_hash(model),
-                "data": reader.content_hash(),
-                "fp8": method,
-                "version": SCALES_VERSION,
-                "onnxruntime": onnxruntime.__version__,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
+    return content_key(model, reader, {"fp8": method, "version": SCALES_VERSION})
 
 
 def activation_scales(

@@ -21,6 +21,7 @@ Of the rounds within budget, the one with the fewest layers moved is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -95,7 +96,7 @@ class Round:
     metric: float
     drop: float
     size_bytes: int
-    path: Any = None
+    path: Path
 
     def summary(self) -> dict[str, Any]:
         return {
