@@ -223,8 +223,13 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
         return cls.model_validate({k: getattr(self, k) for k in cls.model_fields})
 
 
-SECTION_KEYS = frozenset({"fp8", "int4", "fp16"})
-"""Precisions whose settings live in their own section of the stage (`fp8: {...}`)."""
+SECTION_KEYS = frozenset(
+    name
+    for name, field in QuantizeConfig.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, SchemeConfig)
+)
+"""Precisions whose settings live in their own section of the stage (`fp8: {...}`): the fields
+that hold a scheme's config."""
 STAGE_KEYS = (
     frozenset({"precision", "mode", "preprocess", "overrides", "npu"})
     | SECTION_KEYS
