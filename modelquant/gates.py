@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
-from modelquant.recipe import Recipe
+from modelquant.recipe import DEFAULT_MIN_COSINE, Recipe
 from modelquant.report.model import Deltas, Gate, ModelResult
+from modelquant.report.rows import fmt_metric
 
 # Accuracy differences smaller than float noise are not a drop.
 _EPS = 1e-9
+
+
+def _similarity(recipe: Recipe, compressed: ModelResult) -> list[Gate]:
+    """The embedding gates (feature extraction): cosine mean / p5 / min and neighbour agreement
+    of the compressed model to the baseline, on the CPU. A recipe that sets no accuracy gate
+    gets `min_cosine` at its default: an embedding model is never passed unjudged."""
+    if recipe.metric_task != "feature-extraction":
+        return []
+    g = recipe.gates
+    s = compressed.similarity or {}
+    asked = {
+        "min_cosine": ("cosine_mean", g.min_cosine, "cosine"),
+        "min_cosine_p5": ("cosine_p5", g.min_cosine_p5, "cosine"),
+        "min_cosine_min": ("cosine_min", g.min_cosine_min, "cosine"),
+        "min_neighbour_agreement": ("neighbour_agreement", g.min_neighbour_agreement, "share"),
+    }
+    default = all(v is None for _, v, _ in asked.values()) and g.max_accuracy_drop is None
+    if default:
+        asked["min_cosine"] = ("cosine_mean", DEFAULT_MIN_COSINE, "cosine")
+    gates = []
+    for name, (key, threshold, unit) in asked.items():
+        if threshold is None:
+            continue
+        value = s.get(key)
+        samples = s.get("samples", "?")
+        detail = f"{key.replace('_', ' ')} to the baseline over {samples} samples (cpu)"
+        if default:
+            detail += f"; the default gate of feature-extraction (set gates.{name})"
+        gates.append(
+            Gate(
+                name=name,
+                threshold=threshold,
+                value=value,
+                passed=value is not None and value >= threshold - _EPS,
+                detail=detail if value is not None else "not measured",
+                unit=unit,
+            )
+        )
+    return gates
 
 
 def judge(
     recipe: Recipe, baseline: ModelResult, compressed: ModelResult, deltas: Deltas
 ) -> list[Gate]:
     g = recipe.gates
-    gates: list[Gate] = []
+    gates: list[Gate] = _similarity(recipe, compressed)
     if g.max_accuracy_drop is not None:
         drop = baseline.accuracy - compressed.accuracy
         gates.append(
@@ -22,7 +62,9 @@ def judge(
                 threshold=g.max_accuracy_drop,
                 value=drop,
                 passed=drop <= g.max_accuracy_drop + _EPS,
-                detail=f"accuracy {baseline.accuracy:.2%} -> {compressed.accuracy:.2%} (cpu)",
+                detail=f"{'cosine' if baseline.metric == 'cosine' else 'accuracy'} "
+                f"{fmt_metric(baseline.metric, baseline.accuracy)} -> "
+                f"{fmt_metric(compressed.metric, compressed.accuracy)} (cpu)",
                 unit="fraction",
             )
         )

@@ -7,7 +7,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -28,6 +28,8 @@ from modelquant.models.spec import ModelSpec
 from modelquant.stages.base import StageConfig, registered_stages
 
 EMULATED_BACKENDS = ("npu",)
+DEFAULT_MIN_COSINE = 0.99
+"""The gate a feature-extraction recipe gets when it sets no accuracy gate of its own."""
 
 
 class _Strict(BaseModel):
@@ -69,6 +71,25 @@ class DataSpec(_Strict):
         None,
         description="csv: name of the one input array the feature columns form (default: "
         "'input'; a model with one input gets it whatever its name).",
+    )
+    text: str | None = Field(
+        None, description="text: the column (csv) or key (jsonl) holding the text (default 'text')."
+    )
+    text_pair: str | None = Field(
+        None, description="text: the column holding the second text of a sentence pair."
+    )
+    max_length: int | None = Field(
+        None, gt=1, le=8192, description="text: tokens per sample after truncation (default 128)."
+    )
+    padding: Literal["fixed", "bucket"] | None = Field(
+        None,
+        description="text: pad every sample to max_length (fixed, the default), or each "
+        "evaluation batch to its longest sample rounded up to a multiple of 16 (bucket); "
+        "calibration always sees fixed-length batches.",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="text: folder of the tokenizer (default: the recipe's hf model's own).",
     )
     samples: int | None = Field(None, gt=0, description="Read at most this many samples.")
     batch_size: int = Field(32, gt=0, description="Batch size for calibration and evaluation.")
@@ -192,6 +213,33 @@ class GatesConfig(_Strict):
     max_size_ratio: float | None = Field(
         None, gt=0, description="Largest allowed compressed/baseline ONNX file size ratio."
     )
+    min_cosine: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="feature-extraction: smallest allowed mean cosine of the embeddings to the "
+        f"baseline's (default {DEFAULT_MIN_COSINE} when no other accuracy gate is set).",
+    )
+    min_cosine_p5: float | None = Field(
+        None, ge=-1, le=1, description="feature-extraction: smallest allowed 5th-percentile cosine."
+    )
+    min_cosine_min: float | None = Field(
+        None, ge=-1, le=1, description="feature-extraction: smallest allowed cosine of any sample."
+    )
+    min_neighbour_agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="feature-extraction: smallest allowed share of samples whose nearest "
+        "neighbour is the baseline's.",
+    )
+
+    SIMILARITY_GATES: ClassVar[tuple[str, ...]] = (
+        "min_cosine",
+        "min_cosine_p5",
+        "min_cosine_min",
+        "min_neighbour_agreement",
+    )
 
 
 class OutputConfig(_Strict):
@@ -245,8 +293,12 @@ class Recipe(_Strict):
     name: str = Field(description="Recipe name (names the default output folder).")
     seed: int = Field(0, description="Seed for every random choice, so reruns give the same model.")
     model: ModelSpec
-    task: Literal["classification"] = Field(
-        "classification", description="The task; picks the metric (classification: top-1)."
+    task: Literal["classification", "feature-extraction"] | None = Field(
+        None,
+        description="The task; picks the metric and the default gate. classification: top-1 "
+        "accuracy; feature-extraction: cosine similarity of the sentence embeddings to the FP32 "
+        "model's (mean, p5, min) and nearest-neighbour agreement. Default: an hf model's task "
+        "(text-classification is classification), else classification.",
     )
     data: DataSection
     stages: list[StageItem] = Field(  # type: ignore[valid-type]
@@ -263,8 +315,33 @@ class Recipe(_Strict):
             raise ValueError("use letters, digits, '.', '_' or '-' (it names a folder)")
         return v
 
+    @property
+    def metric_task(self) -> str:
+        """The task that picks the metric: the recipe's, the hf model's, or classification."""
+        from modelquant.tasks import HF_TASKS
+
+        if self.task is not None:
+            return self.task
+        if self.model.hf is not None:
+            return HF_TASKS.get(self.model.task or "feature-extraction", "classification")
+        return "classification"
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
+        from modelquant.tasks import HF_TASKS
+
+        if self.model.hf is not None:
+            hf_task = self.model.task or "feature-extraction"
+            if hf_task not in HF_TASKS:
+                raise ValueError(
+                    f"model.task: unknown task '{hf_task}' for modelquant's measurements; use "
+                    f"{' or '.join(HF_TASKS)}"
+                )
+            if self.task is not None and self.task != HF_TASKS[hf_task]:
+                raise ValueError(
+                    f"task: {self.task} does not measure a {hf_task} model; remove task: (the "
+                    f"model's task picks {HF_TASKS[hf_task]})"
+                )
         for backend in self.gates.min_speedup:
             if backend in EMULATED_BACKENDS:
                 raise ValueError(
@@ -276,6 +353,12 @@ class Recipe(_Strict):
                     f"gates.min_speedup names backend '{backend}', which evaluate.backends "
                     f"does not measure ({', '.join(self.evaluate.backends)})"
                 )
+        similarity = [k for k in GatesConfig.SIMILARITY_GATES if getattr(self.gates, k) is not None]
+        if similarity and self.metric_task != "feature-extraction":
+            raise ValueError(
+                f"gates.{similarity[0]} measures embeddings; this recipe's task is "
+                f"{self.metric_task} (use max_accuracy_drop)"
+            )
         sb = self.gates.speedup_batch_size
         if sb is not None and sb not in self.evaluate.batch_sizes:
             raise ValueError(f"gates.speedup_batch_size {sb} is not in evaluate.batch_sizes")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from modelquant.data import Batch
+    from modelquant.models.hf import HfModel
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class ModelState:
     lineage: tuple[StageRecord, ...] = ()
     variants: dict[str, Path] = field(default_factory=dict)
     """Backend-specific flavours of the ONNX model (e.g. a static-shape NPU variant)."""
+    hf: HfModel | None = None
+    """Set for a Hugging Face model: its folder and task (export goes through optimum)."""
 
     def replace(self, **changes: Any) -> ModelState:
         return dataclasses.replace(self, **changes)
@@ -49,11 +52,27 @@ def torch_forward(module: torch.nn.Module, batch: Batch) -> np.ndarray:
     """Run a torch module on a numpy batch (inputs in the batch's order); first output as numpy."""
     import torch
 
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in batch.items()}
     with torch.no_grad():
-        out = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in batch.values()))
+        if _takes_names(module):
+            out = module(**tensors)
+        else:
+            out = module(*tensors.values())
+    if hasattr(out, "to_tuple"):  # a transformers ModelOutput: its first field
+        out = out.to_tuple()[0]
     if isinstance(out, tuple | list):
         out = out[0]
     return out.detach().cpu().numpy()
+
+
+DEFAULT_OPSET = 17
+"""The opset torch modules are exported with when the recipe gives none."""
+
+
+def _takes_names(module: torch.nn.Module) -> bool:
+    """A transformers model is fed by input name (input_ids, attention_mask, ...): the data's
+    column order need not be its forward's argument order."""
+    return hasattr(module, "main_input_name") and hasattr(module, "config")
 
 
 def export_onnx(
@@ -98,6 +117,36 @@ def export_onnx(
             do_constant_folding=True,
         )
     return path
+
+
+def export_state(
+    state: ModelState,
+    sample: Batch,
+    path: Path,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    output_names: list[str] | None = None,
+) -> str:
+    """Export the state's torch module with the exporter its kind takes; returns the exporter's
+    name. A Hugging Face model goes through optimum (its task's inputs, batch and sequence axes
+    free; `dynamic_batch` and `output_names` are the exporter's own), any other torch module
+    through `export_onnx`."""
+    assert state.module is not None
+    if state.hf is not None:
+        from modelquant.models import hf
+
+        hf.export(state.module, state.hf, path, opset)
+        return "optimum"
+    export_onnx(
+        state.module,
+        sample,
+        path,
+        opset=opset or DEFAULT_OPSET,
+        dynamic_batch=dynamic_batch,
+        output_names=output_names,
+    )
+    return "torchscript"
 
 
 def parameter_counts(module: torch.nn.Module) -> tuple[int, int]:

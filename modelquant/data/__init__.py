@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,10 @@ class Dataset:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     description: str = ""
+    lengths: np.ndarray | None = None
+    """Per sample, the tokens that are not padding (text data); with `bucket`, batches are cut to
+    their longest sample rounded up to a multiple of `bucket` along axis 1."""
+    bucket: int | None = None
     _memo: dict[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
     """Computed-once values (the content hash); a dict so that the frozen instance can fill it."""
 
@@ -67,18 +71,32 @@ class Dataset:
             return self
         labels = None if self.labels is None else self.labels[:samples]
         inputs = {name: a[:samples] for name, a in self.inputs.items()}
-        return Dataset(inputs, labels, f"{self.description}[:{samples}]")
+        lengths = None if self.lengths is None else self.lengths[:samples]
+        return Dataset(inputs, labels, f"{self.description}[:{samples}]", lengths, self.bucket)
+
+    def replace(self, **changes: Any) -> Dataset:
+        """A copy with some fields changed (lengths and bucket kept unless changed)."""
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
 
     def batches(
-        self, batch_size: int, drop_last: bool = False
+        self, batch_size: int, drop_last: bool = False, bucketed: bool = True
     ) -> Iterator[tuple[Batch, np.ndarray | None]]:
-        """Consecutive batches in order; the last one may be short unless `drop_last`."""
+        """Consecutive batches in order; the last one may be short unless `drop_last`. Bucketed
+        text data is cut per batch to its bucket length unless `bucketed` is false (calibration
+        wants equal shapes)."""
         n = len(self)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             end = min(start + batch_size, n)
             labels = None if self.labels is None else self.labels[start:end]
-            yield {name: a[start:end] for name, a in self.inputs.items()}, labels
+            batch = {name: a[start:end] for name, a in self.inputs.items()}
+            if bucketed and self.bucket and self.lengths is not None:
+                longest = int(self.lengths[start:end].max())
+                cut = -(-longest // self.bucket) * self.bucket
+                batch = {k: a[:, :cut] if a.ndim >= 2 else a for k, a in batch.items()}
+            yield batch, labels
 
     def sample_batch(self, batch_size: int) -> Batch:
         """A batch of exactly `batch_size` rows, repeating samples when the set is smaller."""
@@ -97,4 +115,4 @@ def load_dataset(spec: DataSpec, base_dir: Path) -> Dataset:
 
 
 # Each module registers its source (`@register_data_source`); they import Dataset from above.
-from modelquant.data import digits, npz, csv_table, breast_cancer  # noqa: E402, F401, I001
+from modelquant.data import digits, npz, csv_table, breast_cancer, text  # noqa: E402, F401, I001

@@ -289,7 +289,7 @@ def check_against_model(
         and all(fitted[n] is data.inputs.get(n) for n in fitted)
         and list(fitted) == list(data.inputs)
     )
-    return data if same else Dataset(fitted, labels, data.description)
+    return data if same else data.replace(inputs=fitted, labels=labels)
 
 
 # ---------------------------------------------------------------- overlap with the evaluation data

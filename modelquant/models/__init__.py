@@ -75,7 +75,7 @@ def register_model_source(name: str) -> Callable[[M], M]:
 
 
 def _load_sources() -> None:
-    from modelquant.models import factory, onnx_file  # noqa: F401  (each registers its source)
+    from modelquant.models import factory, hf, onnx_file  # noqa: F401  (each registers its source)
 
 
 def model_sources() -> dict[str, ModelSource]:
@@ -88,7 +88,7 @@ def source_of(spec: ModelSpec) -> ModelSource:
     for source in model_sources().values():
         if source.claims(spec):
             return source
-    raise UserError("the recipe's model names no known kind of model (factory or onnx)")
+    raise UserError("the recipe's model names no known kind of model (factory, onnx or hf)")
 
 
 def load_model(spec: ModelSpec, base_dirs: list[Path]) -> ModelState:

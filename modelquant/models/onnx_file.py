@@ -282,3 +282,11 @@ class OnnxSource(ModelSource):
     def key_parts(self, spec: ModelSpec, base_dirs: list[Path]) -> list[Any]:
         assert spec.onnx is not None
         return [content_hash(resolve_path(spec.onnx, base_dirs, "ONNX model"))]
+
+
+def opset(path: Path) -> int | None:
+    """The model's default-domain opset (None when it imports none)."""
+    for entry in _load(path).opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return None

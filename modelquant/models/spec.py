@@ -1,4 +1,5 @@
-"""Model specs: where a model comes from (a factory plus checkpoint, or an ONNX file)."""
+"""Model specs: where a model comes from (a factory plus checkpoint, an ONNX file, or a Hugging Face
+folder with a task)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,29 @@ class ModelSpec(_Strict):
         None, description="Weights for the factory's module: .safetensors, or .pt (weights only)."
     )
     onnx: Path | None = Field(None, description="An existing ONNX model file instead of a factory.")
+    hf: str | None = Field(
+        None,
+        description="A Hugging Face model: a local folder in Hugging Face layout, or a packaged "
+        "model's short name (all-MiniLM-L6-v2); exported with optimum. Nothing is downloaded.",
+    )
+    task: str | None = Field(
+        None,
+        description="With hf: the exporter's task (feature-extraction, text-classification, "
+        "...); default feature-extraction.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.factory is None) == (self.onnx is None):
-            raise ValueError("give exactly one of 'factory' (with 'checkpoint') or 'onnx'")
+        given = [k for k in ("factory", "onnx", "hf") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'factory' (with 'checkpoint'), 'onnx' or 'hf'"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.task is not None and self.hf is None:
+            raise ValueError("'task' goes with 'hf' (the recipe's own task: picks the metric)")
+        if self.hf is not None and (self.checkpoint is not None or self.kwargs):
+            raise ValueError("an hf model folder carries its weights; remove checkpoint/kwargs")
         if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
             raise ValueError(
                 f"factory must look like 'package.module:function', not {self.factory!r}"

@@ -18,6 +18,7 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     from modelquant import gates
     from modelquant.environment import environment
     from modelquant.evaluator import evaluate_models
+    from modelquant.tasks import get_task
 
     recipe = pipeline.recipe
     published = pipeline.artifacts.published
@@ -38,6 +39,7 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
         variants,
         pipeline.log,
         batch_size=recipe.data.evaluation.batch_size,
+        task=get_task(recipe.metric_task),
     )
     base, comp, deltas = measured.baseline, measured.compressed, measured.deltas
     base.path = published["baseline"]

@@ -62,16 +62,23 @@ class Plan:
         share its data set)."""
         key = self._key(role)
         if key not in self._data:
-            self._data[key] = load_dataset(self._spec(role), self.base_dirs[0])
+            self._data[key] = load_dataset(self.resolved_spec(role), self.base_dirs[0])
         return self._data[key]
 
     def _key(self, role: str) -> str:
-        return self._spec(role).model_dump_json()
+        return self.resolved_spec(role).model_dump_json()
 
-    def _spec(self, role: str) -> DataSpec:
+    def resolved_spec(self, role: str) -> DataSpec:
+        """The entry a role reads, as loaded: defaults that depend on the model filled in."""
         spec = self.data_spec(role)
         if spec is None:
             raise UserError(f"a stage needs data.{role}, and the recipe has none")
+        if spec.source == "text" and spec.tokenizer is None and self.recipe.model.hf is not None:
+            # Text is tokenized by the model's own tokenizer unless the entry names another.
+            from modelquant.models.hf import model_dir
+
+            folder = model_dir(self.recipe.model.hf, list(self.base_dirs))
+            spec = spec.model_copy(update={"tokenizer": str(folder)})
         return spec
 
     def roles(self) -> list[str]:
@@ -85,7 +92,10 @@ class Plan:
     def check(self) -> list[str]:
         """Check files, packages, data and the stage chain; the plan as lines. Raises UserError."""
         self.model()  # a missing file, an unimportable factory, a checkpoint that does not fit
-        lines = [f"model: {self.recipe.model.factory or self.recipe.model.onnx}"]
+        m = self.recipe.model
+        hf = self.model().hf
+        named = f"{m.hf} (hf, {hf.task})" if hf is not None else m.factory or m.onnx
+        lines = [f"model: {named}"]
         lines += self._check_chain()
         self._check_packages()
         self._check_data()
@@ -126,12 +136,12 @@ class Plan:
             if key not in checked:
                 checked.add(key)
                 self._data[key] = check_against_model(
-                    role, self.data(role), signature, self.recipe.task, self.log, names[role]
+                    role, self.data(role), signature, self.recipe.metric_task, self.log, names[role]
                 )
             if role == "evaluation":
                 signature = signature.named_after(self._data[key])
         own = [r for r in roles if r != "validation" or self.recipe.data.validation is not None]
-        check_overlap({r: (self._spec(r), self.data(r)) for r in own}, names)
+        check_overlap({r: (self.resolved_spec(r), self.data(r)) for r in own}, names)
 
     def _check_chain(self) -> list[str]:
         onnx_model = self.recipe.model.onnx is not None

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from modelquant.errors import StageError, UserError, step
 from modelquant.pipeline import cache
@@ -18,7 +17,7 @@ from modelquant.recipe import Recipe
 from modelquant.report.model import Report
 from modelquant.stages import Stage, StageContext
 from modelquant.stages.export import ExportConfig
-from modelquant.state import ModelState, StageRecord, export_onnx
+from modelquant.state import ModelState, StageRecord, export_state
 
 
 @dataclass
@@ -73,14 +72,15 @@ class Pipeline:
                 return stage.config
         return ExportConfig()
 
-    def export(self, module: Any, path: Path) -> Path:
-        """Export a torch module with the recipe's export settings, traced on evaluation data."""
+    def export(self, state: ModelState, path: Path) -> str:
+        """Export the state's torch module with the recipe's export settings, traced on
+        evaluation data; returns the exporter's name."""
         cfg = self.export_config()
         sample = self.plan.data("evaluation").sample_batch(
             2 if cfg.dynamic_batch else cfg.batch_size
         )
-        return export_onnx(
-            module,
+        return export_state(
+            state,
             sample,
             path,
             opset=cfg.opset,
@@ -98,11 +98,10 @@ class Pipeline:
             self.plan.data("evaluation").content_hash(),
             cache.library_versions(),
         )
-        module = state.module
 
         def make(path: Path) -> None:
             self.log(f"exporting the {label} model to ONNX")
-            self.export(module, path)
+            self.export(state, path)
 
         return self.cache.file(self.cache.root / f"{label}-{key[:16]}", "model.onnx", make)
 

@@ -56,15 +56,22 @@ class BackendResult(_Model):
 
 class ModelResult(_Model):
     path: str
-    metric: str
-    accuracy: float
+    metric: str = Field(description="top1 (accuracy) or cosine (mean cosine to the baseline).")
+    accuracy: float = Field(description="The metric's value on the CPU (the reference backend).")
     size_bytes: int
     gzip_bytes: int
     params: int
     nonzero_params: int
     backends: dict[str, BackendResult] = Field(default_factory=dict)
     agreement: float | None = Field(
-        None, description="Share of samples whose top-1 matches the baseline's (cpu)."
+        None,
+        description="Share of samples whose top-1 class (embeddings: nearest neighbour among the "
+        "evaluation samples) matches the baseline's (cpu).",
+    )
+    similarity: dict[str, Any] | None = Field(
+        None,
+        description="Feature extraction: cosine of each sample's embedding to the baseline's "
+        "(cosine_mean, cosine_p5, cosine_min), neighbour_agreement and samples (cpu).",
     )
 
 
@@ -88,10 +95,11 @@ class Gate(_Model):
     value: float | None
     passed: bool
     detail: str = ""
-    unit: Literal["fraction", "ratio", "speedup", ""] = Field(
+    unit: Literal["fraction", "ratio", "speedup", "cosine", "share", ""] = Field(
         "",
         description="What threshold and value measure: fraction (accuracy, shown in points), "
-        "ratio (size), speedup (times faster).",
+        "ratio (size), speedup (times faster), cosine (similarity to the baseline's "
+        "embeddings), share (of samples, e.g. the same nearest neighbour).",
     )
 
 

@@ -35,6 +35,29 @@ def fmt_points(fraction: float) -> str:
     return f"{fraction * 100:.2f} pt"
 
 
+def fmt_metric(metric: str, value: float) -> str:
+    """A task metric's value: accuracy in percent, a cosine to four places."""
+    return f"{value:.4f}" if metric == "cosine" else f"{value:.2%}"
+
+
+def fmt_metric_delta(metric: str, points: float) -> str:
+    """Compressed minus baseline (`Deltas.accuracy_pt`, in points of the metric)."""
+    return f"{points / 100:+.4f}" if metric == "cosine" else f"{points:+.2f} pt"
+
+
+def _similarity_rows(b: ModelResult, c: ModelResult) -> list[tuple[str, str, str, str]]:
+    """Feature extraction: the cosine's tail and the nearest-neighbour agreement."""
+    s = c.similarity
+    if s is None:
+        return []
+    ref = "1 (the reference)"
+    return [
+        ("cosine p5 (cpu)", ref, f"{s['cosine_p5']:.4f}", ""),
+        ("cosine min (cpu)", ref, f"{s['cosine_min']:.4f}", ""),
+        ("same nearest neighbour", "100% (the reference)", f"{s['neighbour_agreement']:.2%}", ""),
+    ]
+
+
 def fmt_gate(gate: Gate, value: float) -> str:
     """A gate's threshold or value in its unit, rounded for people (JSON keeps full precision)."""
     if gate.unit == "fraction":
@@ -43,6 +66,10 @@ def fmt_gate(gate: Gate, value: float) -> str:
         return f"{value:.3f}x"
     if gate.unit == "speedup":
         return f"{value:.2f}x"
+    if gate.unit == "cosine":
+        return f"{value:.4f}"
+    if gate.unit == "share":
+        return f"{value:.1%}"
     return f"{value:.4g}"
 
 
@@ -163,10 +190,11 @@ def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
     rows = [
         (
             f"{b.metric.replace('_', ' ')} (cpu)",
-            f"{b.accuracy:.2%}",
-            f"{c.accuracy:.2%}",
-            f"{d.accuracy_pt:+.2f} pt",
+            fmt_metric(b.metric, b.accuracy),
+            fmt_metric(c.metric, c.accuracy),
+            fmt_metric_delta(b.metric, d.accuracy_pt),
         ),
+        *_similarity_rows(b, c),
         ("ONNX size", fmt_bytes(b.size_bytes), fmt_bytes(c.size_bytes), f"{d.size_ratio:.3f}x"),
         ("size gzipped", fmt_bytes(b.gzip_bytes), fmt_bytes(c.gzip_bytes), f"{d.gzip_ratio:.3f}x"),
         (
@@ -176,7 +204,7 @@ def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
             f"{d.params_ratio:.3f}x",
         ),
     ]
-    if c.agreement is not None:
+    if c.agreement is not None and c.similarity is None:
         rows.append(("agrees with baseline", "n/a: the reference", f"{c.agreement:.2%}", ""))
     for backend in report.recipe.get("evaluate", {}).get("backends", []):
         entry = c.backends.get(backend)
@@ -190,10 +218,12 @@ def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
             ran = f" ({entry.model})" if entry.model else ""
             rows.append(
                 (
-                    f"top1 on {label}",
-                    "not scored" if base_acc is None else f"{base_acc:.2%}",
-                    f"{entry.accuracy:.2%}{ran}",
-                    "" if base_acc is None else f"{(entry.accuracy - base_acc) * 100:+.2f} pt",
+                    f"{c.metric} on {label}",
+                    "not scored" if base_acc is None else fmt_metric(c.metric, base_acc),
+                    f"{fmt_metric(c.metric, entry.accuracy)}{ran}",
+                    ""
+                    if base_acc is None
+                    else fmt_metric_delta(c.metric, (entry.accuracy - base_acc) * 100),
                 )
             )
             rows.append(

@@ -79,7 +79,7 @@ class CalibrationReader:
         self.rewind()
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        for batch, _ in self._data.batches(self.batch_size, drop_last=True):
+        for batch, _ in self._data.batches(self.batch_size, drop_last=True, bucketed=False):
             yield {n: batch[n] for n in self._names}
 
     def get_next(self) -> dict[str, Any] | None:
