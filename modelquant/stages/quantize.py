@@ -123,6 +123,10 @@ class NpuVariantConfig(BaseModel):
     per_channel: bool = Field(False, description="Per-channel weight scales in the variant.")
 
 
+DYNAMIC_PRECISIONS = ("int8", "fp16", "fp32")
+"""Precisions a dynamic-mode quantize stage applies without calibration data."""
+
+
 class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
     """The stage's settings: which scheme (precision, mode), the schemes' own settings (inherited
     from their config classes, flat, as recipes write them), pre-processing, layer rules and the
@@ -473,10 +477,17 @@ class Quantize(Stage):
         return f"model.{self.config.precision}.{backend}.onnx"
 
     def reads(self) -> tuple[str, ...]:
+        cfg = self.config
+        # Dynamic int8 (and float) computes no ranges ahead: no calibration data to ask for.
+        calibrates = cfg.mode == "static" or any(
+            p not in DYNAMIC_PRECISIONS
+            for p in [cfg.precision, *(r.precision for r in cfg.overrides)]
+        )
+        roles = self.data_roles if calibrates else ()
         # Fallback rounds score on the validation data, so its contents are in the key.
-        if self.config.accuracy_budget is not None:
-            return (*self.data_roles, "validation")
-        return self.data_roles
+        if cfg.accuracy_budget is not None:
+            return (*roles, "validation")
+        return roles
 
     def run(self, state: ModelState, ctx: StageContext) -> ModelState:
         assert state.onnx_path is not None
