@@ -116,6 +116,7 @@ class Pipeline:
             targets=self.plan.targets,
             cache_dir=self.cache.scratch,
             log=self.log,
+            task=self.recipe.metric_task,
         )
 
     # ------------------------------------------------------------------ run

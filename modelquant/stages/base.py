@@ -52,6 +52,8 @@ class StageContext:
     details: dict[str, Any] = field(default_factory=dict)
     """What the running stage reports (sparsity reached, layers kept in float, ...)."""
     log: Callable[[str], None] = print
+    task: str = "classification"
+    """The recipe's metric task (`tasks.get_task`): what a stage that scores a model measures."""
 
 
 class Stage(ABC):

@@ -542,29 +542,42 @@ class Quantize(Stage):
         """Quantize, score on the validation data, and return the worst layers to higher
         precision round by round (`fallback.schedule`) until the drop is within the budget; the
         best round is kept either way, and its verdict goes to the report as a gate."""
+        from modelquant.backends import get_backend
         from modelquant.evaluator import score
         from modelquant.models import onnx_file
+        from modelquant.report.rows import fmt_metric
         from modelquant.stages.fallback import Outcome, Round, schedule, trimmed
 
         cfg = self.config
         budget = cfg.accuracy_budget
         assert budget is not None
+        from modelquant.evaluator import model_outputs
+        from modelquant.tasks import get_task
+
         data = ctx.data("validation")
-        float_metric = score(source, data)
+        task = get_task(ctx.task)
+        # Embeddings are scored against the float model's own (its cosine to itself is 1).
+        reference = (
+            model_outputs(source, data, get_backend("cpu"), task=task)
+            if task.needs_reference
+            else None
+        )
+        float_metric = score(source, data, task=task, reference=reference)
         outcome = Outcome(budget=budget, float_metric=float_metric)
         results: dict[int, tuple[dict[str, Any], dict[str, LayerSettings], list[str]]] = {}
 
         def attempt(index: int, moved: dict[str, str]) -> Round:
             target = ctx.work_dir / f"round{index}.onnx"
             results[index] = self._quantize_map(source, _promote(chosen, moved), target, ctx)
-            metric = score(target, data)
+            metric = score(target, data, task=task, reference=reference)
             done = Round(
                 index, moved, metric, float_metric - metric, onnx_file.size_bytes(target), target
             )
             outcome.rounds.append(done)
             ctx.log(
                 f"quantize round {index}: {len(moved)} layer(s) in higher precision, "
-                f"validation {metric:.2%} (drop {(float_metric - metric) * 100:.2f} pt, "
+                f"validation {fmt_metric(task.metric.name, metric)} "
+                f"(drop {(float_metric - metric) * 100:.2f} pt, "
                 f"budget {budget * 100:.2f} pt)"
             )
             return done
@@ -594,8 +607,8 @@ class Quantize(Stage):
         said, final, kept = results[best.index]
         said = {
             **said,
-            "fallback": outcome.details(ranking, "top1"),
-            "gate": outcome.gate("top1"),
+            "fallback": outcome.details(ranking, task.metric.name),
+            "gate": outcome.gate(task.metric.name),
         }
         return said, final, kept
 
