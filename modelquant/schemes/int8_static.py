@@ -35,6 +35,23 @@ class Int8StaticConfig(Int8DynamicConfig):
         "closer to float and run as simulated Q/DQ on the CPU).",
     )
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    op_types: list[str] | None = Field(
+        None,
+        description="Op types to quantize (default: every type onnxruntime can). A transformer "
+        "wants [MatMul, Gather]: its Add, LayerNormalization, Softmax and the attention mask's "
+        "Where carry outliers that 8-bit ranges ruin.",
+    )
+    matmul_weights_only: bool = Field(
+        False,
+        description="Quantize only MatMuls whose second input is a weight (not attention's "
+        "activation x activation products); onnxruntime's MatMulConstBOnly.",
+    )
+    quantize_outputs: bool = Field(
+        True,
+        description="Q/DQ the outputs of the quantized ops too. false: their outputs stay float, "
+        "so the CPU EP fuses DQ -> MatMul into MatMulIntegerToFloat and the float residual and "
+        "LayerNorm path is untouched (onnxruntime's OpTypesToExcludeOutputQuantization).",
+    )
 
 
 @register_scheme(
@@ -55,6 +72,10 @@ def quantize(
     overrides = layer_overrides(source, plan, reader, ctx)
     if overrides:
         extra["TensorQuantOverrides"] = overrides
+    if cfg.matmul_weights_only:
+        extra["MatMulConstBOnly"] = True
+    if not cfg.quantize_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = list(cfg.op_types or ["MatMul", "Gemm"])
     cache, hit = compute_ranges(source, reader, cfg.calibration, ctx.cache_dir)
     quantize_static(
         str(source),
@@ -68,6 +89,7 @@ def quantize(
         nodes_to_exclude=list(plan.kept_float),
         nodes_to_quantize=list(plan.only) if plan.only is not None else None,
         calibrate_method=calibration_method(cfg.calibration.method),
+        op_types_to_quantize=cfg.op_types,
         extra_options=extra,
         calibration_cache_path=str(cache),
     )
@@ -94,6 +116,9 @@ def quantize(
         "weights": cfg.weights,
         "per_channel": cfg.per_channel,
         "reduce_range": cfg.reduce_range,
+        **({"op_types": cfg.op_types} if cfg.op_types else {}),
+        **({"matmul_weights_only": True} if cfg.matmul_weights_only else {}),
+        **({"quantize_outputs": False} if not cfg.quantize_outputs else {}),
         "calibration": calibration,
     }
 
