@@ -48,10 +48,15 @@ def test_bundled_recipes_validate_on_val_and_gate_on_test(path: Path) -> None:
     from modelquant.recipe import load_recipe
 
     data = load_recipe(path).data
-    assert data.validation is not None and data.validation.split == "val"
-    assert data.evaluation.split == "test"
+    # The text source names its splits by role; the tables have train/val/test.
+    text = data.evaluation.source == "text"
+    val, test, tune = (
+        ("validation", "evaluation", "calibration") if text else ("val", "test", "train")
+    )
+    assert data.validation is not None and data.validation.split == val
+    assert data.evaluation.split == test
     for entry in (data.train, data.calibration):
-        assert entry is None or entry.split == "train"
+        assert entry is None or entry.split == tune
 
 
 def test_compress_takes_a_bundled_recipe_name(
