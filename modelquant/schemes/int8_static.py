@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelquant.schemes import QuantPlan, register_scheme
 from modelquant.schemes.calibration import (
@@ -43,15 +43,27 @@ class Int8StaticConfig(Int8DynamicConfig):
     )
     matmul_weights_only: bool = Field(
         False,
-        description="Quantize only MatMuls whose second input is a weight (not attention's "
-        "activation x activation products); onnxruntime's MatMulConstBOnly.",
+        description="format qoperator only: quantize only MatMuls whose second input is a "
+        "weight (onnxruntime's MatMulConstBOnly, which its QDQ quantizer does not read; in QDQ, "
+        "keep attention's activation x activation MatMuls float with an fp32 rule).",
     )
     quantize_outputs: bool = Field(
         True,
         description="Q/DQ the outputs of the quantized ops too. false: their outputs stay float, "
-        "so the CPU EP fuses DQ -> MatMul into MatMulIntegerToFloat and the float residual and "
-        "LayerNorm path is untouched (onnxruntime's OpTypesToExcludeOutputQuantization).",
+        "so the CPU EP fuses DQ -> MatMul into MatMulIntegerToFloat (onnxruntime's "
+        "OpTypesToExcludeOutputQuantization). Their inputs are still Q/DQ'd, and onnxruntime "
+        "rewires every reader of a quantized tensor (a residual Add too) to its 8-bit copy.",
     )
+
+    @model_validator(mode="after")
+    def _const_b_needs_qoperator(self) -> Int8StaticConfig:
+        if self.matmul_weights_only and self.format == "qdq":
+            raise ValueError(
+                "matmul_weights_only is onnxruntime's MatMulConstBOnly, which only format "
+                "qoperator reads; in QDQ every MatMul of op_types is quantized (keep attention's "
+                "MatMuls float with an fp32 rule, or remove matmul_weights_only)"
+            )
+        return self
 
 
 @register_scheme(

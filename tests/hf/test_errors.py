@@ -122,3 +122,13 @@ def test_task_goes_with_hf_only(sentences_csv: Path, tmp_path: Path) -> None:
         tmp_path,
     )
     assert "'task' goes with 'hf'" in line
+
+
+def test_matmul_weights_only_is_refused_where_onnxruntime_ignores_it() -> None:
+    from pydantic import ValidationError
+
+    from modelquant.stages.quantize import QuantizeConfig
+
+    with pytest.raises(ValidationError, match="only format qoperator reads"):
+        QuantizeConfig(precision="int8", matmul_weights_only=True)
+    QuantizeConfig(precision="int8", format="qoperator", matmul_weights_only=True)
