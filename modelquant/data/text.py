@@ -129,6 +129,7 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
             f"data {spec.source}:{path.name} needs a tokenizer: use an hf model (its own is "
             "taken) or set tokenizer: <folder with tokenizer.json>"
         )
+    tokenizer_dir = hf.model_dir(spec.tokenizer, [base_dir])
     rows, columns = _rows(path)
     if not rows:
         raise UserError(f"{path} has no rows of text")
@@ -141,14 +142,12 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
                 f"{path} has no column '{spec.labels}' ({', '.join(columns)}); set labels: to "
                 "the column of the class labels, or remove it"
             )
-        labels = _label_ids(
-            path, [r.get(spec.labels) for r in rows], _folder(spec.tokenizer, base_dir)
-        )
+        labels = _label_ids(path, [r.get(spec.labels) for r in rows], tokenizer_dir)
     assert spec.split is not None  # the recipe requires one
     idx = split_rows(len(rows), spec.split)
     if len(idx) == 0:
         raise UserError(f"{path}: split {spec.split} has no rows ({len(rows)} in the file)")
-    tok = hf.tokenizer(_folder(spec.tokenizer, base_dir))
+    tok = hf.tokenizer(tokenizer_dir)
     max_length = spec.max_length or DEFAULT_MAX_LENGTH
     encoded = tok(
         [texts[i] for i in idx],
@@ -168,9 +167,3 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
         lengths,
         bucket,
     )
-
-
-def _folder(name: str, base_dir: Path) -> Path:
-    from modelquant.models import hf
-
-    return hf.model_dir(name, [base_dir])

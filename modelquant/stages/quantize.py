@@ -556,13 +556,11 @@ class Quantize(Stage):
 
         data = ctx.data("validation")
         task = get_task(ctx.task)
-        # Embeddings are scored against the float model's own (its cosine to itself is 1).
-        reference = (
-            model_outputs(source, data, get_backend("cpu"), task=task)
-            if task.needs_reference
-            else None
-        )
-        float_metric = score(source, data, task=task, reference=reference)
+        # The float model runs once: its outputs give its own metric and are what embeddings are
+        # scored against (its cosine to itself is 1).
+        float_outputs = model_outputs(source, data, get_backend("cpu"), task=task)
+        reference = float_outputs if task.needs_reference else None
+        float_metric = task.score(float_outputs, data.labels, reference)
         outcome = Outcome(budget=budget, float_metric=float_metric)
         results: dict[int, tuple[dict[str, Any], dict[str, LayerSettings], list[str]]] = {}
 
