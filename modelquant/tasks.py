@@ -20,7 +20,6 @@ from modelquant.errors import UserError
 if TYPE_CHECKING:
     from modelquant.data import Batch
 
-TASKS = ("classification", "feature-extraction")
 HF_TASKS = {"feature-extraction": "feature-extraction", "text-classification": "classification"}
 """Exporter task of an hf model -> the recipe task that measures it."""
 
