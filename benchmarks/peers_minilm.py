@@ -32,8 +32,11 @@ Models (rows), each from the same FP32 ONNX export unless said otherwise:
                        on. modelquant exports the model itself, so its graph may differ from the
                        fp32 row's; the speedup is still measured against the fp32 row.
 
-Sentences: a CSV with a `text` column; the first 40 % of the rows (in file order) calibrate, the
-last 60 % evaluate. Quality on the evaluation sentences, each model against the FP32 model:
+Sentences: a CSV with a `text` column, split as the recipes' `text` data source splits it
+(`modelquant.data.text.split_rows`: one fixed shuffle, 30 % calibration, 20 % validation, 50 %
+evaluation): every peer calibrates on the calibration rows, and everyone is scored on the evaluation
+rows, which no recipe tuned or calibrated on. Quality on the evaluation sentences, each model
+against the FP32 model:
 token embeddings mean-pooled over the attention mask and normalized (`modelquant.metrics`),
 then the cosine to FP32's embedding (mean, 5th percentile, minimum) and the share of sentences
 whose nearest other sentence is the same as under FP32 (`neighbour_agreement`).
@@ -89,7 +92,6 @@ from modelquant.environment import cpu_description, package_version  # noqa: E40
 DEFAULT_SENTENCES = ROOT / "modelquant" / "examples" / "minilm" / "sentences.csv"
 DEFAULT_RECIPES = ("minilm-int8-dynamic", "minilm-int8-static")
 PEERS = ("ort-dynamic", "ort-static", "optimum-avx2", "optimum-avx512-vnni", "nncf")
-CALIBRATION_FRACTION = 0.4
 SEQUENCE = 128
 BATCHES = (1, 8)
 EVAL_BATCH = 16
@@ -142,9 +144,11 @@ def read_sentences(path: Path) -> list[str]:
 
 
 def split_sentences(texts: list[str]) -> tuple[list[str], list[str]]:
-    """(calibration, evaluation): the first 40 % in file order, then the rest."""
-    cut = int(len(texts) * CALIBRATION_FRACTION)
-    return texts[:cut], texts[cut:]
+    """(calibration, evaluation): the recipes' own splits of the same file."""
+    from modelquant.data.text import split_rows
+
+    pick = [split_rows(len(texts), split) for split in ("calibration", "evaluation")]
+    return [texts[i] for i in pick[0]], [texts[i] for i in pick[1]]
 
 
 class Tokens:

@@ -5,7 +5,7 @@ a layer rule names; every other node goes into its node block list and stays as 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -38,6 +38,14 @@ class Fp16Config(SchemeConfig):
         description="Op types kept in float32, added to onnxruntime's own block list "
         "(float16.DEFAULT_OP_BLOCK_LIST: TopK, Range, Min, Max, ...).",
     )
+    compute: Literal["float16", "float32"] = Field(
+        "float16",
+        description="float16: onnxruntime's converter runs the nodes in float16 (a GPU's "
+        "format). float32: only their weights (float initializers of two or more dimensions) "
+        "are stored as float16, each behind a Cast back to float32 that onnxruntime folds when "
+        "it opens the model, so the nodes compute in float32 at float32 speed on a CPU and the "
+        "file holds half the bytes of float32 weights.",
+    )
 
 
 def _is_quantized_op(op_type: str) -> bool:
@@ -66,11 +74,14 @@ def _float16_tensors(model: Any) -> set[str]:
 
 def applied(node: Any, model: Any, weights: set[str]) -> bool:
     """The node is still there and reads float16: its weight initializers where it has any, else
-    its first input."""
+    its first input; or (compute: float32) a weight stored as float16 behind a Cast."""
     after = next((n for n in model.graph.node if n.name == node.name), None)
     if after is None:
         return False
     halves = _float16_tensors(model)
+    stored = _stored_halves(model)
+    if any(x in stored for x in after.input):
+        return True
     weight_inputs = [x for i, x in enumerate(after.input) if i > 0 and x in weights]
     if not weight_inputs:  # the converter keeps the initializer's name
         inits = {t.name for t in model.graph.initializer}
@@ -78,6 +89,51 @@ def applied(node: Any, model: Any, weights: set[str]) -> bool:
     if weight_inputs:
         return all(x in halves for x in weight_inputs)
     return bool(after.input) and after.input[0] in halves
+
+
+def _stored_halves(model: Any) -> set[str]:
+    """Outputs of Casts to float32 whose input is a float16 initializer: weights stored as
+    float16 for float32 compute."""
+    from onnx import TensorProto
+
+    halves = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT16}
+    return {
+        node.output[0]
+        for node in model.graph.node
+        if node.op_type == "Cast" and node.input and node.input[0] in halves
+    }
+
+
+def store_weights_half(model: Any, nodes: set[str]) -> list[str]:
+    """Store the float32 weights (initializers of two or more dimensions) of `nodes` as float16
+    through onnxruntime's tensor converter (values beyond float16's range are clamped), each
+    behind a Cast back to float32 under the weight's own name, so every reader still sees
+    float32. Returns the weights changed."""
+    from onnx import TensorProto, helper
+    from onnxruntime.transformers.float16 import convert_tensor_float_to_float16
+
+    inits = {t.name: t for t in model.graph.initializer}
+    wanted = {
+        x
+        for node in model.graph.node
+        if node.name in nodes
+        for x in node.input
+        if x in inits and inits[x].data_type == TensorProto.FLOAT and len(inits[x].dims) >= 2
+    }
+    casts = []
+    for name in sorted(wanted):
+        tensor = inits[name]
+        convert_tensor_float_to_float16(tensor)  # in place
+        tensor.name = f"{name}_fp16"
+        casts.append(
+            helper.make_node(
+                "Cast", [tensor.name], [name], to=TensorProto.FLOAT, name=f"{name}_fp16_cast"
+            )
+        )
+    kept = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(casts + kept)  # the Casts read initializers only: first is in order
+    return sorted(wanted)
 
 
 @register_scheme("fp16", precision="fp16", config=Fp16Config, phase=PHASE_CAST, applied=applied)
@@ -107,6 +163,15 @@ def quantize(
         blocked = sorted(n.name for n in nodes if n.name not in wanted)
     else:
         blocked = sorted(set(plan.kept_float))
+    if cfg.compute == "float32":
+        chosen = (
+            set(plan.only) - set(plan.kept_float)
+            if plan.only is not None
+            else {n.name for n in nodes} - set(plan.kept_float)
+        )
+        stored = store_weights_half(model, chosen)
+        onnx.save_model(model, str(out))
+        return {"compute": "float32", "weights_fp16": len(stored), "casts": len(stored)}
     unnamed = [n for n in nodes if not n.name]
     if unnamed and plan.only is not None:
         raise UserError("fp16 rules need named nodes to keep the others in float32; name them")

@@ -62,10 +62,15 @@ def check_common(report: dict) -> dict:
 def test_minilm_dynamic_recipe(tmp_path: Path) -> None:
     _, report = compress("recipes/minilm-int8-dynamic.yaml", tmp_path / "dyn")
     s = check_common(report)
-    # Measured 0.9946 mean / 0.9840 min here (the recipe gates at 0.995 / 0.985).
-    assert s["cosine_mean"] >= 0.993
-    assert s["cosine_min"] >= 0.97
-    assert report["stages"][1]["details"]["scheme"] == "int8_dynamic"
+    # Measured 0.9970 mean / 0.9893 min here: the similarity gates pass (the speed gate is the
+    # machine's business, not this test's).
+    gates = {g["name"]: g for g in report["gates"]}
+    assert gates["min_cosine"]["passed"] and gates["min_cosine_min"]["passed"]
+    assert gates["max_size_ratio"]["passed"]
+    assert s["cosine_mean"] >= 0.995 and s["cosine_min"] >= 0.985
+    details = report["stages"][1]["details"]
+    assert details["scheme"] == "int8_dynamic"
+    assert details["rule_schemes"]["fp16"]["weights_fp16"] == 6
 
 
 @pytest.mark.slow

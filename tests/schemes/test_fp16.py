@@ -153,3 +153,32 @@ def test_fp16_rule_on_a_layer_without_weights(tmp_path: Path, tiny_checkpoint: P
     assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT16
     assert set(weight_types(g).values()) == {TensorProto.FLOAT}  # the Linears stay float32
     assert abs(report.compressed.accuracy - report.baseline.accuracy) <= 0.005
+
+
+def test_fp16_storage_with_float32_compute(tmp_path: Path) -> None:
+    """`fp16: {compute: float32}`: the head's weight is stored as float16 behind one Cast back to
+    float32 under its own name, so the Gemm computes in float32 (no Casts on activations); the
+    file is smaller than with the head in fp32, and the outputs match that float32 head closely."""
+    rule = [{"match": HEAD, "precision": "fp16"}]
+    report = compress(
+        tmp_path / "half", Path("unused"), CNN, overrides=rule, fp16={"compute": "float32"}
+    )
+    g = graph(tmp_path / "half", report)  # checker passes, the CPU EP loads it
+    head = next(n for n in g.node if n.name == HEAD)
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    cast = producer[head.input[1]]
+    assert cast.op_type == "Cast" and inits[cast.input[0]].data_type == TensorProto.FLOAT16
+    assert sum(n.op_type == "Cast" for n in g.node) == 1  # activations stay float32
+    details = report.stages[1].details
+    assert details["precision_map"] == {HEAD: "fp16"}
+    assert details["rule_schemes"]["fp16"]["weights_fp16"] == 1
+    assert "note" not in details or details["note"] != NOTE  # no "fp16 is slow on CPUs" here
+
+    full = compress(
+        tmp_path / "full", Path("unused"), CNN, overrides=[dict(rule[0], precision="fp32")]
+    )
+    half_size = (tmp_path / "half" / report.artifacts["compressed"]).stat().st_size
+    full_size = (tmp_path / "full" / full.artifacts["compressed"]).stat().st_size
+    assert half_size < full_size
+    assert abs(report.compressed.accuracy - full.compressed.accuracy) <= 1 / 450
