@@ -25,6 +25,7 @@ from pydantic import (
 from modelquant.backends import BACKEND_NAMES as BACKENDS
 from modelquant.errors import UserError
 from modelquant.models.spec import ModelSpec
+from modelquant.report.diff import Thresholds
 from modelquant.stages.base import StageConfig, registered_stages
 
 EMULATED_BACKENDS = ("npu",)
@@ -232,6 +233,13 @@ class GatesConfig(_Strict):
         le=1,
         description="feature-extraction: smallest allowed share of samples whose nearest "
         "neighbour is the baseline's.",
+    )
+
+    baseline: Thresholds = Field(
+        default_factory=Thresholds,
+        description="Thresholds against a stored report, judged only when `compress "
+        "--baseline-report OLD.json` names one (gates baseline_accuracy_drop, "
+        "baseline_size_growth, baseline_latency_regression[backend,bs=N]); null turns one off.",
     )
 
     SIMILARITY_GATES: ClassVar[tuple[str, ...]] = (
