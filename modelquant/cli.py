@@ -721,7 +721,9 @@ def report_render(
 
         renderers = file_renderers()
         if fmt not in renderers:
-            raise UserError(f"unknown report format '{fmt}'; use one of: {', '.join(renderers)}")
+            raise UserError(
+                f"unknown report format '{fmt}'; use one of: {', '.join(sorted(renderers))}"
+            )
         text = renderers[fmt][1](load_report(report))
         if out_file is None:
             sys.stdout.write(text)

@@ -27,7 +27,7 @@ def register_renderer(fmt: str, filename: str) -> Callable[[Renderer], Renderer]
 
 
 def _load_renderers() -> None:
-    from modelquant.report import json_file, markdown  # noqa: F401  (each registers its format)
+    from modelquant.report import json_file, junit, markdown  # noqa: F401  (each registers its format)
 
 
 def file_renderers() -> dict[str, tuple[str, Renderer]]:
