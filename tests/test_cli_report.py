@@ -148,6 +148,7 @@ def test_baseline_report_of_the_same_folder_passes_as_gates(
         "gates.baseline.max_latency_regression=5",
     )
     assert result.exit_code == 0, result.output
+    assert "baseline_latency_regression[cpu,bs=1]" in result.output  # not eaten as markup
     report = _report(run_dir)
     by_name = {g.name: g for g in report.gates}
     assert by_name["baseline_accuracy_drop"].value == 0.0

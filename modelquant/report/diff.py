@@ -18,7 +18,10 @@ What is judged, always on the compressed model (the baseline model's rows are in
 
 Latency depends on the machine: when the two reports were measured on different CPUs (model name
 or instruction-set flags) or with different thread counts, a note says so (and `--json` carries
-it); the comparison still runs, and the note is the reader's cue to discount it.
+it); the comparison still runs, and the note is the reader's cue to discount it. The baseline model
+is the control: when its file is unchanged but its latency moved by more than 5 % beyond both
+intervals, a note says the machine's speed differed between the runs (a load that changes between
+runs is not in either run's interval).
 """
 
 from __future__ import annotations
@@ -363,7 +366,31 @@ def _machines(old: Report, new: Report) -> Machines:
     )
 
 
-def _notes(old: Report, new: Report, machines: Machines) -> list[str]:
+def _drift(old: Report, new: Report, rows: list[DiffRow]) -> list[str]:
+    """The baseline model is the control: when its file did not change but its latency did
+    (beyond the intervals), the machine ran at another speed between the two runs."""
+    if old.baseline.size_bytes != new.baseline.size_bytes:
+        return []
+    moved = [
+        f"{r.backend} batch {r.batch_size}: {r.delta:+.1%}"
+        for r in rows
+        if r.model == "baseline"
+        and r.check == "latency"
+        and r.delta is not None
+        and r.old_ci95 is not None
+        and r.new_ci95 is not None
+        and (r.new_ci95[0] > r.old_ci95[1] * 1.05 or r.new_ci95[1] < r.old_ci95[0] / 1.05)
+    ]
+    if not moved:
+        return []
+    return [
+        f"the baseline model's file is the same but its latency moved ({'; '.join(moved)}): the "
+        "machine ran at another speed in the two runs, so the compressed model's latency rows "
+        "may show the machine, not the model"
+    ]
+
+
+def _notes(old: Report, new: Report, machines: Machines, rows: list[DiffRow]) -> list[str]:
     notes = []
     if not machines.same_cpu:
         only_old = sorted(set(machines.old_cpu_flags) - set(machines.new_cpu_flags))
@@ -395,6 +422,7 @@ def _notes(old: Report, new: Report, machines: Machines) -> list[str]:
             f"the metric was scored on {old_samples} samples in the old report and "
             f"{new_samples} in the new"
         )
+    notes += _drift(old, new, rows)
     if old.status != "passed":
         notes.append("the old report's own gates failed")
     return notes
@@ -429,7 +457,7 @@ def diff_reports(
         thresholds=t,
         rows=rows,
         machines=machines,
-        notes=_notes(old, new, machines),
+        notes=_notes(old, new, machines, rows),
         failed=failed,
         passed=not failed,
     )

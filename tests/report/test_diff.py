@@ -208,6 +208,23 @@ def test_different_cpus_and_threads_are_noted(tiny_run: Path, variant: Callable[
     assert same["notes"] == [] and same["machines"]["threads"] == []
 
 
+def test_a_machine_that_slowed_down_is_noted(tiny_run: Path, variant: Callable[..., Path]) -> None:
+    """The baseline model (same file) twice as slow: the machine, said in a note."""
+
+    def busy(doc: dict[str, Any]) -> None:
+        stats = _cpu_latency(doc, "baseline")["8"]
+        stats["p50"] *= 2
+        stats["ci95"] = [stats["ci95"][0] * 2, stats["ci95"][1] * 2]
+
+    doc = json.loads(_diff(tiny_run, variant("busy", busy), "--json").stdout)
+    assert doc["passed"] is True  # the baseline model is never judged
+    assert doc["notes"] == [
+        "the baseline model's file is the same but its latency moved (cpu batch 8: +100.0%): the "
+        "machine ran at another speed in the two runs, so the compressed model's latency rows "
+        "may show the machine, not the model"
+    ]
+
+
 def test_skipped_and_untimed_backends_are_shown(
     tiny_run: Path, variant: Callable[..., Path]
 ) -> None:
