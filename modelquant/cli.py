@@ -136,8 +136,8 @@ BaselineReportOpt = Annotated[
         "--baseline-report",
         help="A report.json of an earlier run (or its folder) to compare with: the compressed "
         "model's metric, size and latency become gates (baseline_accuracy_drop, "
-        "baseline_size_growth, baseline_latency_regression[backend,bs=N]); thresholds in the "
-        "recipe's gates.baseline or --set gates.baseline.max_latency_regression=0.2.",
+        "baseline_size_growth, baseline_latency_regression per backend and batch); thresholds "
+        "in the recipe's gates.baseline or --set gates.baseline.max_latency_regression=0.2.",
         metavar="OLD.json",
     ),
 ]
@@ -612,9 +612,19 @@ def _fraction_flag(flag: str, value: float | None, what: str, at_most_one: bool 
 @report_app.command("diff")
 def report_diff(
     old: Annotated[
-        Path, typer.Argument(help="The stored baseline report.json (or its run folder).")
+        Path,
+        typer.Argument(
+            help="The stored baseline report.json (or its run folder).",
+            show_default=False,
+            metavar="OLD",
+        ),
     ],
-    new: Annotated[Path, typer.Argument(help="The new report.json (or its run folder).")],
+    new: Annotated[
+        Path,
+        typer.Argument(
+            help="The new report.json (or its run folder).", show_default=False, metavar="NEW"
+        ),
+    ],
     max_accuracy_drop: Annotated[
         float | None,
         typer.Option(
@@ -692,7 +702,12 @@ def report_diff(
 
 @report_app.command("render")
 def report_render(
-    report: Annotated[Path, typer.Argument(help="A report.json (or its run folder).")],
+    report: Annotated[
+        Path,
+        typer.Argument(
+            help="A report.json (or its run folder).", show_default=False, metavar="REPORT"
+        ),
+    ],
     fmt: Annotated[
         str,
         typer.Option(
