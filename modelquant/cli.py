@@ -130,6 +130,47 @@ DebugOpt = Annotated[
 ]
 
 
+BaselineReportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline-report",
+        help="A report.json of an earlier run (or its folder) to compare with: the compressed "
+        "model's metric, size and latency become gates (baseline_accuracy_drop, "
+        "baseline_size_growth, baseline_latency_regression per backend and batch); thresholds "
+        "in the recipe's gates.baseline or --set gates.baseline.max_latency_regression=0.2.",
+        metavar="OLD.json",
+    ),
+]
+
+
+def _hold_report(path: Path | None) -> str | None:
+    """The text of a report file (or a folder's report.json), or None when it cannot be read
+    (loading it later says why)."""
+    if path is None:
+        return None
+    try:
+        return (path / "report.json" if path.is_dir() else path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _baseline_report(path: Path | None, text: str | None):  # type: ignore[no-untyped-def]
+    if path is None:
+        return None
+    from modelquant.report.diff import load_report
+
+    with step("reading the baseline report"):
+        return load_report(path, text)
+
+
+def _check_baseline_metric(old: Any, spec: Any) -> None:
+    """A baseline report of another metric is refused before anything runs."""
+    from modelquant.report.diff import check_same_metric
+    from modelquant.tasks import get_task
+
+    check_same_metric(old.compressed.metric, get_task(spec.metric_task).metric.name)
+
+
 def _print_version() -> None:
     from importlib import metadata
 
@@ -221,6 +262,7 @@ def compress(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate recipe, files and data; print the plan.")
     ] = False,
+    baseline_report: BaselineReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run a recipe: stages, then baseline vs compressed on each backend, then gates.
@@ -233,10 +275,14 @@ def compress(
         from modelquant.pipeline import Pipeline
         from modelquant.pipeline.artifacts import clear_reports, peek_out_dir
 
+        held = _hold_report(baseline_report)  # before the clear: it may be this folder's report
         if not dry_run:  # first thing: no earlier success may outlive this run, however it ends
             clear_reports(peek_out_dir(recipe, out_dir))
+        old = _baseline_report(baseline_report, held)
         with step("reading the recipe"):
             spec = _load(recipe, overrides)
+            if old is not None:
+                _check_baseline_metric(old, spec)
         log = (lambda m: None) if as_json else _progress
         pipeline = Pipeline(spec, recipe, out_dir, log=log)
         if dry_run:
@@ -245,6 +291,11 @@ def compress(
             err.print("[green]plan is valid[/] (dry run: nothing was run)")
             return
         report = pipeline.run()
+        if old is not None:
+            from modelquant.gates import with_baseline
+
+            with step("comparing with the baseline report"):
+                report = with_baseline(report, old, spec.gates.baseline, str(baseline_report))
         with step("writing the report"):
             pipeline.write_report(report)
         if as_json:
@@ -539,6 +590,169 @@ def benchmark(
         from modelquant.benchmark import render
 
         render(result, out)
+
+    _run_guarded(work, debug)
+
+
+report_app = typer.Typer(
+    cls=_Group,
+    help="Compare two reports (diff); render a report.json as Markdown, JUnit or HTML (render).",
+    no_args_is_help=True,
+)
+app.add_typer(report_app, name="report")
+
+
+def _fraction_flag(flag: str, value: float | None, what: str, at_most_one: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (at_most_one and 1 < value < float("inf")):
+        raise UserError(f"{flag} is {what}, got {value:g} (inf turns the check off)")
+
+
+@report_app.command("diff")
+def report_diff(
+    old: Annotated[
+        Path,
+        typer.Argument(
+            help="The stored baseline report.json (or its run folder).",
+            show_default=False,
+            metavar="OLD",
+        ),
+    ],
+    new: Annotated[
+        Path,
+        typer.Argument(
+            help="The new report.json (or its run folder).", show_default=False, metavar="NEW"
+        ),
+    ],
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest allowed drop of the compressed model's metric, as a fraction like "
+            "gates.max_accuracy_drop (0.01 = 1 point). Default 0.01; inf: not judged.",
+            metavar="X",
+        ),
+    ] = None,
+    max_latency_regression: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest allowed slowdown per backend and batch size (0.10 = 10 % slower), "
+            "called only when the new 95 % interval's low end exceeds the old one's high end "
+            "times (1 + R). Default 0.10; inf: not judged.",
+            metavar="R",
+        ),
+    ] = None,
+    max_size_growth: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest allowed growth of the compressed ONNX file (0.05 = 5 % larger). "
+            "Default 0.05; inf: not judged.",
+            metavar="G",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare NEW with OLD: the compressed model's metric, size and latency per backend and batch.
+
+    A table (old, new, delta, threshold, verdict), notes when the two were measured on different
+    CPUs or thread counts, and the exit code. Exit codes: 0 no threshold crossed, 1 one was
+    (the line names it), 2 bad input (a file that is not a report, reports of different
+    metrics).
+    """
+
+    def work() -> None:
+        from modelquant.report.diff import (
+            Thresholds,
+            diff_reports,
+            failure_lines,
+            load_report,
+            render_diff,
+        )
+
+        _fraction_flag(
+            "--max-accuracy-drop", max_accuracy_drop, "a fraction (0.01 = 1 point)", True
+        )
+        _fraction_flag(
+            "--max-latency-regression", max_latency_regression, "a fraction (0.10 = 10 % slower)"
+        )
+        _fraction_flag("--max-size-growth", max_size_growth, "a fraction (0.05 = 5 % larger)")
+        given = {
+            "max_accuracy_drop": max_accuracy_drop,
+            "max_latency_regression": max_latency_regression,
+            "max_size_growth": max_size_growth,
+        }
+        thresholds = Thresholds.model_validate(
+            {k: (None if v == float("inf") else v) for k, v in given.items() if v is not None}
+        )
+        diff = diff_reports(load_report(old), load_report(new), thresholds, str(old), str(new))
+        if as_json:
+            sys.stdout.write(diff.model_dump_json(indent=2) + "\n")
+        else:
+            render_diff(diff, out)
+        if diff.failed:
+            raise GateFailed(
+                f"{len(diff.failed)} threshold(s) crossed against {old}: "
+                + "; ".join(failure_lines(diff))
+            )
+        err.print(f"[green]no threshold crossed[/] against {escape(str(old))}", highlight=False)
+
+    _run_guarded(work, debug)
+
+
+@report_app.command("render")
+def report_render(
+    report: Annotated[
+        Path,
+        typer.Argument(
+            help="A report.json (or its run folder).", show_default=False, metavar="REPORT"
+        ),
+    ],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="A report format: md, junit, json, html (those output.formats accepts).",
+            metavar="FORMAT",
+        ),
+    ] = "md",
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="File to write (default: stdout).", metavar="FILE"),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Render a report.json in another format, from the report alone (nothing is rerun).
+
+    Writes the file atomically (a temp name, then a rename). Unlike compress, it does not append
+    to $GITHUB_STEP_SUMMARY. Exit codes: 0 written, 2 bad input.
+    """
+
+    def work() -> None:
+        from modelquant.pipeline.artifacts import write_atomic
+        from modelquant.report import file_renderers
+        from modelquant.report.diff import load_report
+
+        renderers = file_renderers()
+        if fmt not in renderers:
+            raise UserError(
+                f"unknown report format '{fmt}'; use one of: {', '.join(sorted(renderers))}"
+            )
+        text = renderers[fmt][1](load_report(report))
+        if out_file is None:
+            sys.stdout.write(text)
+            return
+        if out_file.is_dir():
+            raise UserError(f"--out {out_file} is a folder; give a file name")
+        try:
+            write_atomic(out_file, text)
+        except OSError as exc:
+            raise UserError(
+                f"cannot write {out_file} ({exc.strerror or type(exc).__name__}); give --out a "
+                "file in a folder you can write to"
+            ) from None
+        err.print(f"[green]wrote[/] {escape(str(out_file))} ({fmt})", highlight=False)
 
     _run_guarded(work, debug)
 

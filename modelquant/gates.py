@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from modelquant.recipe import DEFAULT_MIN_COSINE, Recipe
-from modelquant.report.model import Deltas, Gate, ModelResult
+from modelquant.report.diff import Thresholds
+from modelquant.report.model import Deltas, Gate, ModelResult, Report
 from modelquant.report.rows import fmt_metric
 
 # Accuracy differences smaller than float noise are not a drop.
@@ -126,3 +127,20 @@ def judge(
             )
         )
     return gates
+
+
+def with_baseline(report: Report, old: Report, thresholds: Thresholds, old_name: str) -> Report:
+    """The run's report with the baseline gates added (`compress --baseline-report`): the same
+    comparison as `report diff OLD report.json`, each judged row one gate."""
+    from modelquant.report.diff import diff_reports, gates_from_diff
+
+    diff = diff_reports(old, report, thresholds, old_name, "this run")
+    added = gates_from_diff(diff)
+    if not diff.machines.same_cpu or diff.machines.threads:
+        caveat = "; measured on a different CPU or thread count than the baseline report"
+        for gate in added:
+            if gate.name.startswith("baseline_latency"):
+                gate.detail += caveat
+    gates = [*report.gates, *added]
+    status = "passed" if all(g.passed for g in gates) else "gate_failed"
+    return report.model_copy(update={"gates": gates, "status": status})

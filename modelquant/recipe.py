@@ -25,6 +25,7 @@ from pydantic import (
 from modelquant.backends import BACKEND_NAMES as BACKENDS
 from modelquant.errors import UserError
 from modelquant.models.spec import ModelSpec
+from modelquant.report.diff import Thresholds
 from modelquant.stages.base import StageConfig, registered_stages
 
 EMULATED_BACKENDS = ("npu",)
@@ -234,6 +235,13 @@ class GatesConfig(_Strict):
         "neighbour is the baseline's.",
     )
 
+    baseline: Thresholds = Field(
+        default_factory=Thresholds,
+        description="Thresholds against a stored report, judged only when `compress "
+        "--baseline-report OLD.json` names one (gates baseline_accuracy_drop, "
+        "baseline_size_growth, baseline_latency_regression[backend,bs=N]); null turns one off.",
+    )
+
     SIMILARITY_GATES: ClassVar[tuple[str, ...]] = (
         "min_cosine",
         "min_cosine_p5",
@@ -248,7 +256,7 @@ class OutputConfig(_Strict):
     dir: Path | None = Field(None, description="Output folder (default: runs/<recipe name>).")
     formats: list[str] = Field(
         default_factory=lambda: ["json", "md"],
-        description="Report formats (json, md); report.json is always written.",
+        description="Report formats (json, md, html, junit); report.json is always written.",
     )
 
     @field_validator("formats")

@@ -69,3 +69,22 @@ def write_recipe(tmp_path: Path, tiny_checkpoint: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _no_step_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs under GitHub Actions would append every test's report to the job's summary."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """One real run of the tiny recipe (report.json, report.md, junit.xml and its stage cache),
+    shared by the report tests: read it, or copy the folder before changing anything."""
+    from tests.pipeline_runs import run_recipe
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("GITHUB_STEP_SUMMARY", raising=False)
+        run_recipe(tiny_checkpoint, out, output={"formats": ["json", "md", "junit"]})
+    return out

@@ -217,3 +217,7 @@ class Pipeline:
         for fmt in [f for f in self.recipe.output.formats if f != "json"] + ["json"]:
             name, render = renderers[fmt]
             self.artifacts.write_text(name, name, render(report))
+        if self.artifacts.writes:  # GitHub Actions: the same Markdown on the run's page
+            from modelquant.report.step_summary import append_step_summary
+
+            append_step_summary(report)

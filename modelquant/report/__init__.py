@@ -27,7 +27,12 @@ def register_renderer(fmt: str, filename: str) -> Callable[[Renderer], Renderer]
 
 
 def _load_renderers() -> None:
-    from modelquant.report import html, json_file, markdown  # noqa: F401  (each registers its format)
+    from modelquant.report import (  # noqa: F401  (each registers its format)
+        html,
+        json_file,
+        junit,
+        markdown,
+    )
 
 
 def file_renderers() -> dict[str, tuple[str, Renderer]]:

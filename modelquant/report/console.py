@@ -42,7 +42,7 @@ def render_console(report: Report, console: Console) -> None:
         for g in report.gates:
             threshold, value = gate_cells(g)
             gates.add_row(
-                g.name,
+                escape(g.name),
                 threshold,
                 value,
                 "[green]pass[/]" if g.passed else "[red]FAIL[/]",

@@ -85,7 +85,7 @@ def test_the_workflow_triggers_and_its_steps(workflow: dict[str, Any]) -> None:
     assert junit["with"]["report_paths"] == f"{out}/junit.xml"
     diff = _command(workflow, "report", "diff")
     assert diff[:2] == ["examples/ci/baseline-report.json", f"{out}/report.json"]
-    assert _option(diff, "--max-accuracy-drop") == "1"
+    assert _option(diff, "--max-accuracy-drop") == "0.01"
     assert _option(diff, "--max-latency-regression") == "0.25"
 
 

@@ -1,0 +1,635 @@
+"""Comparing two reports (an old, stored baseline report and a new one): the metric, the size and
+the latency of the compressed model, each against a threshold, for `report diff` and for the
+baseline gates of `compress --baseline-report`.
+
+What is judged, always on the compressed model (the baseline model's rows are informative):
+
+- metric: the drop `old - new` of the task metric on the CPU (top-1 accuracy, or mean cosine to
+  the report's own FP32 model), as a fraction like `gates.max_accuracy_drop` (0.01 = 1 point);
+- size: the growth `new / old - 1` of the ONNX file, as a fraction (0.05 = 5 % larger);
+- latency, per backend and batch size: a regression is called only when the new run is slower
+  than the old by more than the threshold R *and* the 95 % intervals of the two medians say so:
+  `new ci95 low > old ci95 high * (1 + R)`. Each run's interval comes from its own block
+  bootstrap (see backends/bench.py), so two runs whose intervals overlap by more than R are not
+  told apart: a median 8 % slower whose interval reaches back over the old one's is noise, not a
+  regression. The interval's low end is never above the median, so the rule implies
+  `new p50 > old p50 * (1 + R)` too. A slower median that the intervals do not confirm is shown
+  as "within noise". Emulated backends (the QNN HTP on x86) are shown and never judged.
+
+Latency depends on the machine: when the two reports were measured on different CPUs (model name
+or instruction-set flags) or with different thread counts, a note says so (and `--json` carries
+it); the comparison still runs, and the note is the reader's cue to discount it. The baseline model
+is the control: when its file is unchanged but its latency moved by more than 5 % beyond both
+intervals, a note says the machine's speed differed between the runs (a load that changes between
+runs is not in either run's interval).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelquant.errors import UserError
+from modelquant.report.model import Gate, LatencyStats, ModelResult, Report
+
+DEFAULT_MAX_ACCURACY_DROP = 0.01
+DEFAULT_MAX_LATENCY_REGRESSION = 0.10
+DEFAULT_MAX_SIZE_GROWTH = 0.05
+
+Verdict = Literal["ok", "better", "worse", "within noise", "not compared"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Thresholds(_Model):
+    """What counts as worse; None: that check is shown but not judged."""
+
+    max_accuracy_drop: float | None = Field(
+        DEFAULT_MAX_ACCURACY_DROP,
+        ge=0,
+        description="Largest allowed drop of the compressed model's metric against the baseline "
+        "report, as a fraction like gates.max_accuracy_drop (0.01 = 1 point; cosine: 0.01 of "
+        "cosine).",
+    )
+    max_latency_regression: float | None = Field(
+        DEFAULT_MAX_LATENCY_REGRESSION,
+        ge=0,
+        description="Largest allowed slowdown of the compressed model per backend and batch size, "
+        "as a fraction (0.10 = 10 % slower), judged on the 95 % intervals: new low > old high "
+        "* (1 + R) is a regression.",
+    )
+    max_size_growth: float | None = Field(
+        DEFAULT_MAX_SIZE_GROWTH,
+        ge=0,
+        description="Largest allowed growth of the compressed ONNX file against the baseline "
+        "report, as a fraction (0.05 = 5 % larger).",
+    )
+
+
+class DiffRow(_Model):
+    """One compared figure."""
+
+    check: Literal["metric", "size", "latency"] = Field(description="What is compared.")
+    model: Literal["compressed", "baseline"] = Field(
+        description="Which model of the two reports (only the compressed one is judged)."
+    )
+    backend: str | None = Field(None, description="Latency: the backend.")
+    batch_size: int | None = Field(None, description="Latency: the batch size.")
+    old: float | None = Field(None, description="The old report's value (latency: p50 ms).")
+    new: float | None = Field(None, description="The new report's value (latency: p50 ms).")
+    old_ci95: tuple[float, float] | None = Field(None, description="Latency: old interval (ms).")
+    new_ci95: tuple[float, float] | None = Field(None, description="Latency: new interval (ms).")
+    delta: float | None = Field(
+        None,
+        description="metric: new - old (fraction); size and latency: new / old - 1 (fraction).",
+    )
+    threshold: float | None = Field(None, description="The threshold this row is judged on.")
+    value: float | None = Field(
+        None,
+        description="What is compared with the threshold: the metric's drop, the size growth, or "
+        "latency's new low / old high - 1 (the slowdown the intervals confirm).",
+    )
+    verdict: Verdict = Field(description="ok, better, worse, within noise, or not compared.")
+    gated: bool = Field(description="True when a worse verdict fails the comparison.")
+    emulated: bool = Field(False, description="Latency on an emulated backend (never judged).")
+    detail: str = Field("", description="Why, in words (skips, emulation, threads).")
+
+    @property
+    def gate_name(self) -> str:
+        """The gate this row becomes under `compress --baseline-report`."""
+        if self.check == "metric":
+            return "baseline_accuracy_drop"
+        if self.check == "size":
+            return "baseline_size_growth"
+        bs = "" if self.batch_size is None else f",bs={self.batch_size}"
+        return f"baseline_latency_regression[{self.backend}{bs}]"
+
+    @property
+    def failed(self) -> bool:
+        return self.gated and self.verdict == "worse"
+
+
+class Machines(_Model):
+    """Where the two reports were measured."""
+
+    old_cpu: str
+    new_cpu: str
+    old_cpu_flags: list[str]
+    new_cpu_flags: list[str]
+    same_cpu: bool = Field(description="Same CPU model name and the same instruction-set flags.")
+    threads: list[str] = Field(
+        default_factory=list,
+        description="Each backend/batch whose thread counts differ: 'cpu bs=1: 1 -> 2'.",
+    )
+
+
+class ReportDiff(_Model):
+    """The comparison of two reports: `report diff --json` prints this."""
+
+    old: str = Field(description="The old (baseline) report.")
+    new: str = Field(description="The new report.")
+    metric: str = Field(description="The task metric both reports measure.")
+    thresholds: Thresholds
+    rows: list[DiffRow]
+    machines: Machines
+    notes: list[str] = Field(default_factory=list, description="What the reader should know.")
+    failed: list[str] = Field(
+        default_factory=list, description="Names of the crossed thresholds (as gate names)."
+    )
+    passed: bool
+
+
+def load_report(path: Path, text: str | None = None) -> Report:
+    """A report.json (or a run folder holding one); any other file is bad input naming the fix.
+    `text`: the file's content when it was read already (it may have been removed since)."""
+    fix = "give the report.json that `modelquant compress` wrote (or its output folder)"
+    if text is None and path.is_dir():
+        if not (path / "report.json").is_file():
+            raise UserError(f"{path} is a folder without a report.json; {fix}")
+        path = path / "report.json"
+    if text is None and not path.is_file():
+        raise UserError(f"report not found: {path}; {fix}")
+    try:
+        if text is None:
+            text = path.read_text(encoding="utf-8")
+        json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
+        raise UserError(f"cannot read {path} as a report ({reason}); {fix}") from None
+    try:
+        return Report.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        raise UserError(
+            f"{path} is not a modelquant report ({where}: {first['msg'].lower()}); {fix}"
+        ) from None
+
+
+def _metric_rows(old: Report, new: Report, t: Thresholds) -> list[DiffRow]:
+    rows = []
+    for role in ("compressed", "baseline"):
+        o: ModelResult = getattr(old, role)
+        n: ModelResult = getattr(new, role)
+        if role == "baseline" and o.metric == "cosine":
+            continue  # the baseline is the cosine's reference: always 1
+        drop = o.accuracy - n.accuracy
+        gated = role == "compressed" and t.max_accuracy_drop is not None
+        limit = t.max_accuracy_drop if gated else None
+        if limit is not None and drop > limit + 1e-9:
+            verdict: Verdict = "worse"
+        elif drop < -1e-9:
+            verdict = "better"
+        elif limit is None and drop > 1e-9:
+            verdict = "worse"
+        else:
+            verdict = "ok"
+        rows.append(
+            DiffRow(
+                check="metric",
+                model=role,
+                old=o.accuracy,
+                new=n.accuracy,
+                delta=n.accuracy - o.accuracy,
+                threshold=limit,
+                value=drop,
+                verdict=verdict,
+                gated=gated,
+                detail="" if gated else "not judged: the baseline model",
+            )
+        )
+    return rows
+
+
+def _size_rows(old: Report, new: Report, t: Thresholds) -> list[DiffRow]:
+    rows = []
+    for role in ("compressed", "baseline"):
+        o: ModelResult = getattr(old, role)
+        n: ModelResult = getattr(new, role)
+        growth = n.size_bytes / o.size_bytes - 1 if o.size_bytes else 0.0
+        gated = role == "compressed" and t.max_size_growth is not None
+        limit = t.max_size_growth if gated else None
+        if growth > (limit if limit is not None else 0.0) + 1e-12:
+            verdict: Verdict = "worse"
+        elif growth < 0:
+            verdict = "better"
+        else:
+            verdict = "ok"
+        rows.append(
+            DiffRow(
+                check="size",
+                model=role,
+                old=float(o.size_bytes),
+                new=float(n.size_bytes),
+                delta=growth,
+                threshold=limit,
+                value=growth,
+                verdict=verdict,
+                gated=gated,
+                detail="" if gated else "not judged: the baseline model",
+            )
+        )
+    return rows
+
+
+def latency_verdict(old: LatencyStats, new: LatencyStats, limit: float) -> tuple[Verdict, float]:
+    """The noise rule: (verdict, slowdown the intervals confirm = new low / old high - 1)."""
+    confirmed = new.ci95[0] / old.ci95[1] - 1 if old.ci95[1] > 0 else 0.0
+    if confirmed > limit:
+        return "worse", confirmed
+    if new.p50 > old.p50 * (1 + limit):
+        return "within noise", confirmed
+    if new.ci95[1] < old.ci95[0]:
+        return "better", confirmed
+    return "ok", confirmed
+
+
+def _why_missing(result: ModelResult, backend: str, bs: str, which: str) -> str | None:
+    entry = result.backends.get(backend)
+    if entry is None:
+        return f"{which} report did not evaluate {backend}"
+    if entry.skipped:
+        return f"{which} report skipped {backend}: {entry.skipped}"
+    if bs not in entry.latency_ms:
+        return f"{which} report did not time batch {bs}: {entry.untimed.get(bs, 'not timed')}"
+    return None
+
+
+def _latency_rows(old: Report, new: Report, t: Thresholds) -> list[DiffRow]:
+    rows = []
+    for role in ("compressed", "baseline"):
+        o: ModelResult = getattr(old, role)
+        n: ModelResult = getattr(new, role)
+        backends = list(dict.fromkeys([*o.backends, *n.backends]))
+        for backend in backends:
+            sizes: set[str] = set()
+            for result in (o, n):
+                entry = result.backends.get(backend)
+                if entry is not None:
+                    sizes.update(entry.latency_ms, entry.untimed)
+            if not sizes:  # skipped or never timed on either side: one row says why
+                sizes = {""}
+            for bs in sorted(sizes, key=lambda s: int(s) if s else 0):
+                rows.append(_latency_row(role, backend, bs, o, n, t))
+    return rows
+
+
+def _latency_row(
+    role: str, backend: str, bs: str, o: ModelResult, n: ModelResult, t: Thresholds
+) -> DiffRow:
+    emulated = any(
+        entry.emulated for entry in (o.backends.get(backend), n.backends.get(backend)) if entry
+    )
+    base: dict[str, Any] = {
+        "check": "latency",
+        "model": role,
+        "backend": backend,
+        "emulated": emulated,
+    }
+    if bs:
+        base["batch_size"] = int(bs)
+    missing = [
+        why
+        for why in (
+            _why_missing(o, backend, bs, "the old"),
+            _why_missing(n, backend, bs, "the new"),
+        )
+        if why
+    ]
+    if missing:
+        had = o.backends.get(backend)
+        old_stats = had.latency_ms.get(bs) if had is not None else None
+        if old_stats is not None:
+            base.update(old=old_stats.p50, old_ci95=old_stats.ci95)
+        return DiffRow.model_validate(
+            {**base, "verdict": "not compared", "gated": False, "detail": "; ".join(missing)}
+        )
+    old_stats = o.backends[backend].latency_ms[bs]
+    new_stats = n.backends[backend].latency_ms[bs]
+    gated = role == "compressed" and not emulated and t.max_latency_regression is not None
+    limit = t.max_latency_regression if gated else None
+    verdict, confirmed = latency_verdict(old_stats, new_stats, limit or 0.0)
+    notes = []
+    if emulated:
+        notes.append("emulated: never judged")
+    elif role != "compressed":
+        notes.append("not judged: the baseline model")
+    elif not gated:
+        notes.append("not judged: no threshold")
+    if old_stats.threads != new_stats.threads:
+        notes.append(f"threads {old_stats.threads} -> {new_stats.threads}")
+    return DiffRow.model_validate(
+        {
+            **base,
+            "old": old_stats.p50,
+            "new": new_stats.p50,
+            "old_ci95": old_stats.ci95,
+            "new_ci95": new_stats.ci95,
+            "delta": new_stats.p50 / old_stats.p50 - 1 if old_stats.p50 > 0 else None,
+            "threshold": limit,
+            "value": confirmed,
+            "verdict": verdict,
+            "gated": gated,
+            "detail": "; ".join(notes),
+        }
+    )
+
+
+def _machines(old: Report, new: Report) -> Machines:
+    threads = []
+    for role in ("compressed", "baseline"):
+        o: ModelResult = getattr(old, role)
+        n: ModelResult = getattr(new, role)
+        for backend, entry in o.backends.items():
+            other = n.backends.get(backend)
+            if other is None:
+                continue
+            for bs, stats in entry.latency_ms.items():
+                new_stats = other.latency_ms.get(bs)
+                if new_stats is not None and new_stats.threads != stats.threads:
+                    line = f"{backend} bs={bs}: {stats.threads} -> {new_stats.threads}"
+                    if line not in threads:
+                        threads.append(line)
+    oe, ne = old.environment, new.environment
+    return Machines(
+        old_cpu=oe.cpu,
+        new_cpu=ne.cpu,
+        old_cpu_flags=oe.cpu_flags,
+        new_cpu_flags=ne.cpu_flags,
+        same_cpu=oe.cpu == ne.cpu and sorted(oe.cpu_flags) == sorted(ne.cpu_flags),
+        threads=threads,
+    )
+
+
+def _drift(old: Report, new: Report, rows: list[DiffRow]) -> list[str]:
+    """The baseline model is the control: when its file did not change but its latency did
+    (beyond the intervals), the machine ran at another speed between the two runs."""
+    if old.baseline.size_bytes != new.baseline.size_bytes:
+        return []
+    moved = [
+        f"{r.backend} batch {r.batch_size}: {r.delta:+.1%}"
+        for r in rows
+        if r.model == "baseline"
+        and r.check == "latency"
+        and r.delta is not None
+        and r.old_ci95 is not None
+        and r.new_ci95 is not None
+        and (r.new_ci95[0] > r.old_ci95[1] * 1.05 or r.new_ci95[1] < r.old_ci95[0] / 1.05)
+    ]
+    if not moved:
+        return []
+    return [
+        f"the baseline model's file is the same but its latency moved ({'; '.join(moved)}): the "
+        "machine ran at another speed in the two runs, so the compressed model's latency rows "
+        "may show the machine, not the model"
+    ]
+
+
+def _notes(old: Report, new: Report, machines: Machines, rows: list[DiffRow]) -> list[str]:
+    notes = []
+    if not machines.same_cpu:
+        only_old = sorted(set(machines.old_cpu_flags) - set(machines.new_cpu_flags))
+        only_new = sorted(set(machines.new_cpu_flags) - set(machines.old_cpu_flags))
+        flags = []
+        if only_old:
+            flags.append(f"only the old has {', '.join(only_old)}")
+        if only_new:
+            flags.append(f"only the new has {', '.join(only_new)}")
+        cpus = (
+            f"'{machines.old_cpu}' vs '{machines.new_cpu}'"
+            if machines.old_cpu != machines.new_cpu
+            else f"both '{machines.old_cpu}'"
+        )
+        notes.append(
+            f"measured on different CPUs ({cpus}{'; ' if flags else ''}{'; '.join(flags)}): "
+            "latency differences may be the machine's, not the model's"
+        )
+    if machines.threads:
+        notes.append(
+            f"measured with different thread counts ({'; '.join(machines.threads)}): latency "
+            "is not like for like"
+        )
+    old_cpu, new_cpu = old.compressed.backends.get("cpu"), new.compressed.backends.get("cpu")
+    old_samples = old_cpu.samples if old_cpu is not None else None
+    new_samples = new_cpu.samples if new_cpu is not None else None
+    if old_samples and new_samples and old_samples != new_samples:
+        notes.append(
+            f"the metric was scored on {old_samples} samples in the old report and "
+            f"{new_samples} in the new"
+        )
+    notes += _drift(old, new, rows)
+    if old.status != "passed":
+        notes.append("the old report's own gates failed")
+    return notes
+
+
+def check_same_metric(old_metric: str, new_metric: str) -> None:
+    """Reports of different metrics cannot be compared (bad input)."""
+    if old_metric != new_metric:
+        raise UserError(
+            f"the two reports measure different metrics (old: {old_metric}, new: {new_metric}); "
+            "compare reports of recipes with the same task"
+        )
+
+
+def diff_reports(
+    old: Report,
+    new: Report,
+    thresholds: Thresholds | None = None,
+    old_name: str = "old",
+    new_name: str = "new",
+) -> ReportDiff:
+    """Compare `new` with `old` (see the module docstring for the rules)."""
+    t = thresholds or Thresholds()
+    check_same_metric(old.compressed.metric, new.compressed.metric)
+    rows = [*_metric_rows(old, new, t), *_size_rows(old, new, t), *_latency_rows(old, new, t)]
+    machines = _machines(old, new)
+    failed = [r.gate_name for r in rows if r.failed]
+    return ReportDiff(
+        old=old_name,
+        new=new_name,
+        metric=old.compressed.metric,
+        thresholds=t,
+        rows=rows,
+        machines=machines,
+        notes=_notes(old, new, machines, rows),
+        failed=failed,
+        passed=not failed,
+    )
+
+
+# ---------------------------------------------------------------- as gates of a run
+
+
+def _fmt_interval(ci: tuple[float, float] | None) -> str:
+    from modelquant.report.rows import fmt_ms
+
+    return f"[{fmt_ms(ci[0])}, {fmt_ms(ci[1])}]" if ci else "?"
+
+
+def row_detail(row: DiffRow, metric: str) -> str:
+    """One line saying what was compared (the numbers), for gates and failure messages."""
+    from modelquant.report.rows import fmt_metric, fmt_ms
+
+    if row.check == "metric":
+        assert row.old is not None and row.new is not None
+        return f"{metric} {fmt_metric(metric, row.old)} -> {fmt_metric(metric, row.new)} (cpu)"
+    if row.check == "size":
+        assert row.old is not None and row.new is not None
+        return f"{row.old:,.0f} -> {row.new:,.0f} bytes"
+    if row.verdict == "not compared":
+        return f"not compared: {row.detail}"
+    assert row.old is not None and row.new is not None
+    text = (
+        f"p50 {fmt_ms(row.old)} -> {fmt_ms(row.new)} ms, 95% intervals "
+        f"{_fmt_interval(row.old_ci95)} -> {_fmt_interval(row.new_ci95)} (judged: new low / "
+        "old high)"
+    )
+    if row.verdict == "within noise":
+        text += "; slower median within the measured noise"
+    return text + (f"; {row.detail}" if row.detail else "")
+
+
+def gates_from_diff(diff: ReportDiff) -> list[Gate]:
+    """The judged rows as the run's gates (`compress --baseline-report`): accuracy drop as a
+    fraction, size and latency as ratios against 1 + the threshold."""
+    gates = []
+    for row in diff.rows:
+        if row.model != "compressed":
+            continue
+        if row.check == "latency" and row.verdict == "not compared":
+            # Shown as a passed gate (JUnit: skipped) when the old report had timed it.
+            if row.emulated or row.old is None or diff.thresholds.max_latency_regression is None:
+                continue
+            gates.append(
+                Gate(
+                    name=row.gate_name,
+                    threshold=1 + diff.thresholds.max_latency_regression,
+                    value=None,
+                    passed=True,
+                    detail=row_detail(row, diff.metric),
+                    unit="ratio",
+                )
+            )
+            continue
+        if not row.gated or row.threshold is None or row.value is None:
+            continue
+        ratio = row.check != "metric"
+        gates.append(
+            Gate(
+                name=row.gate_name,
+                threshold=1 + row.threshold if ratio else row.threshold,
+                value=1 + row.value if ratio else row.value,
+                passed=not row.failed,
+                detail=f"{row_detail(row, diff.metric)}; against {diff.old}",
+                unit="ratio" if ratio else "fraction",
+            )
+        )
+    return gates
+
+
+# ---------------------------------------------------------------- for people
+
+
+def _fmt_value(
+    row: DiffRow, metric: str, value: float | None, ci: tuple[float, float] | None
+) -> str:
+    from modelquant.report.rows import fmt_bytes, fmt_metric, fmt_ms
+
+    if value is None:
+        return ""
+    if row.check == "metric":
+        return fmt_metric(metric, value)
+    if row.check == "size":
+        return fmt_bytes(int(value))
+    return f"{fmt_ms(value)} ms {_fmt_interval(ci)}"
+
+
+def _fmt_delta(row: DiffRow, metric: str) -> str:
+    from modelquant.report.rows import fmt_metric_delta
+
+    if row.delta is None:
+        return ""
+    if row.check == "metric":
+        return fmt_metric_delta(metric, row.delta * 100)
+    return f"{row.delta:+.1%}"
+
+
+def _fmt_threshold(row: DiffRow, metric: str) -> str:
+    from modelquant.report.rows import fmt_points
+
+    if row.threshold is None:
+        return ""
+    if row.check == "metric":
+        limit = f"{row.threshold:.4f}" if metric == "cosine" else fmt_points(row.threshold)
+        return f"drop <= {limit}"
+    if row.check == "size":
+        return f"growth <= {row.threshold:.0%}"
+    return f"slower <= {row.threshold:.0%}"
+
+
+def row_label(row: DiffRow, metric: str) -> str:
+    if row.check == "metric":
+        what = f"{metric} (cpu)"
+    elif row.check == "size":
+        what = "ONNX size"
+    else:
+        bs = "" if row.batch_size is None else f", batch {row.batch_size}"
+        what = f"{row.backend}{' (emulated)' if row.emulated else ''} p50{bs}"
+    return f"{what}, {row.model}"
+
+
+def verdict_text(row: DiffRow) -> str:
+    if row.verdict == "not compared":
+        return f"not compared: {row.detail}"
+    if row.verdict == "worse":
+        return "REGRESSION" if row.gated else "worse (not judged)"
+    return row.verdict
+
+
+def failure_lines(diff: ReportDiff) -> list[str]:
+    """One line per crossed threshold, naming the metric and the numbers."""
+    return [
+        f"{row_label(row, diff.metric)}: {_fmt_delta(row, diff.metric)} crosses "
+        f"{_fmt_threshold(row, diff.metric)} ({row_detail(row, diff.metric)})"
+        for row in diff.rows
+        if row.failed
+    ]
+
+
+def render_diff(diff: ReportDiff, console: Any) -> None:
+    """The comparison as a rich table, then the notes."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{diff.old} -> {diff.new}", title_justify="left")
+    for col in ("", "old", "new", "delta", "threshold", "verdict"):
+        table.add_column(col, justify="right" if col in ("old", "new", "delta") else "left")
+    styles = {"worse": "red", "better": "green", "within noise": "yellow", "ok": "green"}
+    for row in diff.rows:
+        style = styles.get(row.verdict, "dim") if row.gated or row.verdict != "worse" else ""
+        verdict = escape(verdict_text(row))
+        detail = f" ({escape(row.detail)})" if row.detail and row.verdict != "not compared" else ""
+        if row.model == "baseline":
+            detail = " (informative)"
+        table.add_row(
+            escape(row_label(row, diff.metric)),
+            escape(_fmt_value(row, diff.metric, row.old, row.old_ci95)),
+            escape(_fmt_value(row, diff.metric, row.new, row.new_ci95)),
+            escape(_fmt_delta(row, diff.metric)),
+            escape(_fmt_threshold(row, diff.metric)),
+            (f"[{style}]{verdict}[/]" if style else verdict) + detail,
+        )
+    console.print(table)
+    console.print(
+        "Latency: a regression needs the new interval's low end above the old one's high end "
+        "times (1 + threshold); a slower median inside the measured noise is not one.",
+        highlight=False,
+    )
+    for note in diff.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
