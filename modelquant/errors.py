@@ -18,6 +18,11 @@ class ModelquantError(Exception):
     exit_code = EXIT_STAGE_FAILED
     label = "error"
 
+    def __init__(self, message: str) -> None:
+        # The console shows one line per error: a value or a library's text with line breaks in
+        # it (a key written "a\nb", an exception's multi-line message) must not break it.
+        super().__init__(" ".join(part.strip() for part in message.splitlines() if part.strip()))
+
 
 class UserError(ModelquantError):
     """Bad input the user can fix: usage, recipe, file or data. Exit code 2."""

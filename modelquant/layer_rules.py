@@ -15,3 +15,13 @@ def rule_matches(rule: str, names: Iterable[str], type_name: str) -> bool:
         pattern = re.compile(rule[3:])
         return any(pattern.fullmatch(n) or pattern.fullmatch(n.lstrip("/")) for n in names)
     return rule in names
+
+
+def check_rule(rule: str) -> str:
+    """A rule as a recipe gives it: a `re:` rule must compile (pydantic validators call this)."""
+    if rule.startswith("re:"):
+        try:
+            re.compile(rule[3:])
+        except re.error as exc:
+            raise ValueError(f"'{rule}' is not a valid regular expression: {exc}") from None
+    return rule

@@ -34,7 +34,8 @@ DEFAULT_MIN_COSINE = 0.99
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never a meaningful threshold or count (a NaN gate can never be judged).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _data_sources_help() -> str:
@@ -204,7 +205,7 @@ class GatesConfig(_Strict):
     max_accuracy_drop: float | None = Field(
         None, ge=0, description="Largest allowed accuracy drop, as a fraction (0.01 = 1 point)."
     )
-    min_speedup: dict[str, float] = Field(
+    min_speedup: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,
         description="Smallest allowed speedup per backend (lower bound of its 95% interval).",
     )
@@ -299,7 +300,12 @@ class Recipe(_Strict):
     """A compression recipe: model, data, ordered stages, evaluation, gates and output."""
 
     name: str = Field(description="Recipe name (names the default output folder).")
-    seed: int = Field(0, description="Seed for every random choice, so reruns give the same model.")
+    seed: int = Field(
+        0,
+        ge=0,
+        lt=2**63,
+        description="Seed for every random choice, so reruns give the same model.",
+    )
     model: ModelSpec
     task: Literal["classification", "feature-extraction"] | None = Field(
         None,
@@ -391,7 +397,7 @@ def _unknown(kind: str, value: str, valid: typing.Iterable[str], where: str = ""
     close = difflib.get_close_matches(value, valid, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f" (valid: {', '.join(valid)})"
     at = f" at {where}" if where else ""
-    return f"unknown {kind} '{value}'{at}{hint}"
+    return f"unknown {kind} {value!r}{at}{hint}"
 
 
 class RecipeSource:
@@ -411,16 +417,28 @@ class RecipeSource:
         return str(self.path)
 
 
-def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+def _line_map(
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    out: dict[tuple[Any, ...], int],
+    enclosing: frozenset[int] = frozenset(),
+) -> None:
+    if id(node) in enclosing:  # an alias inside its own anchor: the document has no end
+        raise yaml.MarkedYAMLError(
+            problem="this alias refers to a mapping or list that contains it; write the value "
+            "out instead of the alias",
+            problem_mark=node.start_mark,
+        )
+    inside = enclosing | {id(node)}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key_path = (*path, key_node.value)
             out[key_path] = key_node.start_mark.line + 1
-            _line_map(value_node, key_path, out)
+            _line_map(value_node, key_path, out, inside)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[(*path, i)] = item.start_mark.line + 1
-            _line_map(item, (*path, i), out)
+            _line_map(item, (*path, i), out, inside)
 
 
 def read_recipe_source(path: Path) -> RecipeSource:
@@ -429,20 +447,29 @@ def read_recipe_source(path: Path) -> RecipeSource:
         raise UserError(
             f"recipe file not found: {path} (give a file, or a name from `modelquant recipes list`)"
         )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {exc.start}); a recipe is a YAML file"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"cannot read recipe file {path}: {exc.strerror or exc}") from None
+    lines: dict[tuple[Any, ...], int] = {}
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+        if node is not None:
+            _line_map(node, (), lines)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"invalid YAML at {where}: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{path}: the YAML is nested too deeply to be a recipe") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe is a YAML mapping (name, model, data, stages, ...)")
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _line_map(node, (), lines)
     return RecipeSource(data, path, lines)
 
 
@@ -456,7 +483,7 @@ def apply_overrides(source: RecipeSource, overrides: typing.Sequence[str]) -> No
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        parts: list[Any] = [int(p) if p.isdigit() else p for p in key.split(".")]
+        parts: list[Any] = [int(p) if re.fullmatch("[0-9]+", p) else p for p in key.split(".")]
         target: Any = source.data
         for i, part in enumerate(parts[:-1]):
             where = ".".join(map(str, parts[: i + 1]))
@@ -577,7 +604,7 @@ def describe_validation_error(exc: ValidationError, source: RecipeSource) -> str
             msg = f"missing required key '{loc[-1]}' at {where}{parent}"
         else:
             text = err["msg"].removeprefix("Value error, ")
-            msg = f"{_dotted(loc)}: {text} at {where}"
+            msg = f"{_dotted(loc)}: {text} at {where}" if loc else f"{text} at {where}"
         messages.append(msg)
     more = f" (and {len(messages) - 1} more problem(s))" if len(messages) > 1 else ""
     return messages[0] + more

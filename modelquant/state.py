@@ -98,6 +98,22 @@ def export_onnx(
     with torch.no_grad():
         probe = module(*args)
     n_out = len(probe) if isinstance(probe, tuple | list) else 1
+    if output_names is not None:
+        from modelquant.errors import UserError
+
+        if len(output_names) != n_out:
+            raise UserError(
+                f"export output_names lists {len(output_names)} name(s), and the model has "
+                f"{n_out} output(s): give one name per output"
+            )
+        clash = sorted(set(output_names) & set(names)) or (
+            sorted({n for n in output_names if output_names.count(n) > 1})
+        )
+        if clash:
+            raise UserError(
+                f"export output_names: {clash} used twice (inputs: {names}); give each output "
+                "its own name"
+            )
     outputs = output_names or (["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)])
     dynamic_axes = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic_batch else None
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,12 @@ class Dataset:
         counts = {name: len(a) for name, a in self.inputs.items()}
         if self.labels is not None:
             counts["<labels>"] = len(self.labels)
-        if not counts or len(set(counts.values())) != 1:
+        if not counts:
+            raise UserError(f"data {self.description} holds no arrays; give it the model inputs")
+        if len(set(counts.values())) != 1:
             raise UserError(
-                f"data {self.description}: arrays disagree on the sample count {counts}"
+                f"data {self.description}: arrays disagree on the sample count {counts}; every "
+                "array, the labels too, needs one entry per sample"
             )
 
     def __len__(self) -> int:

@@ -22,10 +22,25 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
     path = data_file(spec, base_dir, "npz")
     try:
         # allow_pickle=False: an .npz holding object arrays could run code when loaded.
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single array saved with np.save
+            raise UserError(
+                f"{path} is one numpy array (.npy), not an .npz of named arrays; save it with "
+                "np.savez(path, input=..., labels=...)"
+            )
+        with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise UserError(f"cannot read {path} as a numpy .npz of plain arrays: {exc}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        reason = str(exc) or ("the file is empty" if isinstance(exc, EOFError) else repr(exc))
+        raise UserError(f"cannot read {path} as a numpy .npz of plain arrays: {reason}") from None
+    if not arrays:
+        raise UserError(f"{path} holds no arrays; save the model inputs (and labels) in it")
+    scalars = sorted(name for name, a in arrays.items() if a.ndim == 0)
+    if scalars:
+        raise UserError(
+            f"{path}: array(s) {scalars} are single values; every array holds one row per sample "
+            "along its first axis"
+        )
     labels_name = (
         spec.labels if spec.labels is not None else ("labels" if "labels" in arrays else None)
     )

@@ -60,7 +60,10 @@ def data_file(spec: DataSpec, base_dir: Path, kind: str) -> Path:
 
     if spec.path is None:
         raise UserError(f"the {spec.source} source needs path: <file.{kind}>")
-    return resolve_path(spec.path, [base_dir], "data file")
+    path = resolve_path(spec.path, [base_dir], "data file")
+    if path.is_dir():
+        raise UserError(f"data file {path} is a folder; give path: the .{kind} file itself")
+    return path
 
 
 def registered_data_sources() -> dict[str, DataSource]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,12 @@ def build(spec: str, kwargs: dict[str, Any], base_dirs: list[Path]) -> torch.nn.
         module = func(**kwargs)
     except TypeError as exc:
         raise UserError(f"model factory '{spec}' rejected its kwargs {kwargs}: {exc}") from None
+    except Exception as exc:  # the factory is the user's code, run on the recipe's kwargs
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(
+            f"model factory '{spec}' failed with kwargs {kwargs}: {type(exc).__name__}: {first}; "
+            "fix the factory or model.kwargs"
+        ) from None
     if not isinstance(module, torch.nn.Module):
         raise UserError(
             f"model factory '{spec}' returned {type(module).__name__}, not a torch module"
@@ -54,6 +62,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` file, or of a `.pt`/`.pth` read with `weights_only=True`."""
     import torch
 
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give the weights file in it")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -68,15 +78,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint {path}: use a .safetensors file (or .pt saved weights)")
     try:
         # weights_only=True refuses pickles that would run code or build arbitrary objects.
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
         raise UserError(
-            f"refused checkpoint {path}: it is a pickle with more than tensors in it ({first}); "
-            "save the weights with safetensors or torch.save(model.state_dict())"
+            f"refused checkpoint {path}: it is a pickle with more than tensors in it "
+            f"({_refusal(str(exc))}); save the weights with safetensors or "
+            "torch.save(model.state_dict())"
         ) from None
     except (RuntimeError, OSError, EOFError) as exc:
-        raise UserError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, EOFError):
+            first = "the file ends early" + (f" ({first})" if first != "EOFError" else "")
+        raise UserError(f"checkpoint {path} cannot be read: {first}") from None
     if (
         isinstance(loaded, dict)
         and "state_dict" in loaded
@@ -88,6 +103,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ):
         raise UserError(f"checkpoint {path} holds {type(loaded).__name__}, not a state dict")
     return loaded
+
+
+def _refusal(text: str) -> str:
+    """What torch's weights-only unpickler refused ("Unsupported global: GLOBAL os.system"), out
+    of its long advice text (which also carries terminal colour codes)."""
+    found = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+|[^.\n]*)", text)
+    return found.group(0) if found else "not a plain state dict"
 
 
 def load_checkpoint(module: torch.nn.Module, path: Path) -> None:

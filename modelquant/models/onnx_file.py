@@ -43,9 +43,13 @@ def files_of(path: Path) -> list[Path]:
 
 
 def check(path: Path) -> None:
-    """`onnx.checker` on the file (by path, so external data and >2 GB models work)."""
+    """`onnx.checker` on the file (by path, so external data and >2 GB models work), plus what
+    the checker lets through and onnxruntime would refuse later: an opset newer than the installed
+    onnx knows, external data files shorter than the tensors they hold."""
     import onnx
 
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the .onnx file itself")
     try:
         onnx.checker.check_model(str(path))
     except (
@@ -55,6 +59,27 @@ def check(path: Path) -> None:
         raise UserError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0]}") from None
     except Exception as exc:  # protobuf decode errors have no public type
         raise UserError(f"{path} cannot be read as ONNX: {str(exc).splitlines()[0]}") from None
+    model = _load(path)
+    newest = onnx.defs.onnx_opset_version()
+    version = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), None)
+    if version is not None and version > newest:
+        raise UserError(
+            f"{path} uses opset {version}, newer than this onnx {onnx.__version__} knows (up to "
+            f"{newest}); export it with an opset from 13 to {newest}"
+        )
+    # The checker only looks for an external data file, not whether it holds every tensor.
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        data = path.parent / info.get("location", "")
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        if data.is_file() and data.stat().st_size < end:
+            raise UserError(
+                f"{path}: external data file {data.name} ends at byte {data.stat().st_size} but "
+                f"tensor '{tensor.name}' needs bytes up to {end}; copy the complete {data.name} "
+                "beside the model"
+            )
 
 
 def graph_inputs(graph: Any) -> list[Any]:

@@ -51,9 +51,9 @@ def check_precision(value: str) -> str:
 
 
 class SchemeConfig(BaseModel):
-    """Base of every scheme's settings: unknown keys are errors."""
+    """Base of every scheme's settings: unknown keys are errors, and so are NaN and infinity."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 C = TypeVar("C", bound=SchemeConfig)

@@ -21,9 +21,9 @@ ModelForm = Literal["torch", "onnx", "any"]
 
 
 class StageConfig(BaseModel):
-    """Base of every stage's settings: unknown keys are errors."""
+    """Base of every stage's settings: unknown keys are errors, and so are NaN and infinity."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass

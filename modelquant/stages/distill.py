@@ -193,7 +193,7 @@ class Distill(Stage):
         validation = ctx.data("validation")
         train = ctx.data("train")
         sample = train.sample_batch(2)
-        task_weights = self._task_weights(student, sample)
+        task_weights = self._task_weights(student, teacher, sample)
         projections = self._projections(teacher, student, sample, ctx)
         extra = [p for m in projections.values() for p in m.parameters()]
         # A pruned incoming model keeps its zeros while it learns (and so does its alone twin).
@@ -284,14 +284,37 @@ class Distill(Stage):
             p.requires_grad_(True)
         return state.replace(module=student.eval())
 
-    def _task_weights(self, student: torch.nn.Module, sample: Any) -> list[float]:
+    def _task_weights(
+        self, student: torch.nn.Module, teacher: torch.nn.Module, sample: Any
+    ) -> list[float]:
         """One task weight per student output: a list must name every output; one number weighs
-        the first output (the others are then left out of the task term)."""
+        the first output (the others are then left out of the task term). A student that cannot
+        learn from the teacher (no weights, another input or output shape) is bad input."""
         import numpy as np
         import torch
 
+        if next(student.parameters(), None) is None:
+            raise UserError(
+                "distill student has no weights to train; give a student factory that builds a "
+                "module with parameters"
+            )
+        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in sample.values()]
         with torch.no_grad():
-            out = student(*(torch.from_numpy(np.ascontiguousarray(a)) for a in sample.values()))
+            try:
+                out = student(*args)
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise UserError(
+                    f"distill student: its forward fails on 2 rows of data.train "
+                    f"({type(exc).__name__}: {first}); give a student that takes the teacher's "
+                    "inputs"
+                ) from None
+            ref = _first(teacher(*args))
+        if tuple(_first(out).shape) != tuple(ref.shape):
+            raise UserError(
+                f"distill student outputs shape {tuple(_first(out).shape)}, the teacher "
+                f"{tuple(ref.shape)}: give a student with the teacher's number of classes"
+            )
         heads = len(out) if isinstance(out, tuple | list) else 1
         task = self.config.losses.task
         if isinstance(task, list):

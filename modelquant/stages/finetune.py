@@ -25,7 +25,7 @@ LossFn = Callable[["torch.nn.Module", Sequence["torch.Tensor"], "torch.Tensor"],
 class FinetuneConfig(BaseModel):
     """Training settings, on the recipe's data.train."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(2, ge=0, description="Passes over the training data.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")

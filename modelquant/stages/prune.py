@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelquant.errors import StageError, UserError
-from modelquant.layer_rules import rule_matches
+from modelquant.layer_rules import check_rule, rule_matches
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.stages.finetune import FinetuneConfig, accuracy, deterministic, finetune
 from modelquant.state import ModelState
@@ -59,6 +59,11 @@ class PruneConfig(StageConfig):
     finetune: FinetuneConfig | None = Field(
         None, description="Fine-tuning after pruning (after each step when gradual)."
     )
+
+    @field_validator("ignore")
+    @classmethod
+    def _valid_rules(cls, rules: list[str]) -> list[str]:
+        return [check_rule(rule) for rule in rules]
 
     @model_validator(mode="after")
     def _semi_structured_is_half(self) -> PruneConfig:
