@@ -232,9 +232,13 @@ def test_a_machine_that_slowed_down_is_noted(tiny_run: Path, variant: Callable[.
     assert doc["passed"] is True  # the baseline model is never judged
     assert doc["notes"] == [
         "the baseline model's file is the same but its latency moved (cpu batch 8: +100.0%): the "
-        "machine ran at another speed in the two runs, so the compressed model's latency rows "
-        "may show the machine, not the model (its speedup rows, measured within each run, do not)"
+        "machine ran at another speed in the two runs, so the compressed model's latency rows may "
+        "show the machine, not the model; the speedup rows at those batch sizes too, when the "
+        "load slowed the two models unequally (a speedup is the baseline model's p50 over the "
+        "compressed model's)"
     ]
+    (speed,) = [r for r in doc["rows"] if r["check"] == "speedup" and r["batch_size"] == 8]
+    assert speed["detail"] == "the baseline model's own p50 moved +100.0% (see note)"
 
 
 def test_skipped_and_untimed_backends_are_shown(
