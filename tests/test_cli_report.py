@@ -210,7 +210,9 @@ def test_a_baseline_from_another_cpu_judges_the_speedup_not_the_latency(
     doc["deltas"]["speedup"]["cpu"]["8"] = {"value": 1000.0, "ci95": [999.0, 1001.0]}
     old = tmp_path / "baseline.json"
     old.write_text(json.dumps(doc))
-    result = compress("--baseline-report", str(old))
+    # A loose threshold: the re-measured speedup of the tiny model moves with the load (no timing
+    # assertion in a unit test); 1000x -> what this run measures crosses it anyway.
+    result = compress("--baseline-report", str(old), "--set", "gates.baseline.max_speedup_loss=0.9")
     assert result.exit_code == 1, result.output
     line = _last_line(result)
     assert line.startswith("gate failed: 1 gate(s) failed: baseline_speedup_loss[cpu,bs=8] (")
