@@ -135,9 +135,10 @@ BaselineReportOpt = Annotated[
     typer.Option(
         "--baseline-report",
         help="A report.json of an earlier run (or its folder) to compare with: the compressed "
-        "model's metric, size and latency become gates (baseline_accuracy_drop, "
-        "baseline_size_growth, baseline_latency_regression per backend and batch); thresholds "
-        "in the recipe's gates.baseline or --set gates.baseline.max_latency_regression=0.2.",
+        "model's metric, size, speedup and latency become gates (baseline_accuracy_drop, "
+        "baseline_size_growth, baseline_speedup_loss and, on the same CPU and thread count "
+        "only, baseline_latency_regression per backend and batch); thresholds in the recipe's "
+        "gates.baseline or --set gates.baseline.max_speedup_loss=0.2.",
         metavar="OLD.json",
     ),
 ]
@@ -306,7 +307,7 @@ def compress(
             render_console(report, out)
         failed = [g for g in report.gates if not g.passed]
         if failed:
-            names = escape("; ".join(f"{g.name} ({g.detail or g.value})" for g in failed))
+            names = "; ".join(f"{g.name} ({g.detail or g.value})" for g in failed)  # _fail escapes
             raise GateFailed(
                 f"{len(failed)} gate(s) failed: {names}. Report: {pipeline.out_dir / 'report.json'}"
             )
@@ -636,10 +637,21 @@ def report_diff(
     max_latency_regression: Annotated[
         float | None,
         typer.Option(
-            help="Largest allowed slowdown per backend and batch size (0.10 = 10 % slower), "
-            "called only when the new 95 % interval's low end exceeds the old one's high end "
-            "times (1 + R). Default 0.10; inf: not judged.",
+            help="Largest allowed slowdown of absolute p50 per backend and batch size (0.10 = "
+            "10 % slower), called only when the new 95 % interval's low end exceeds the old "
+            "one's high end times (1 + R), and judged only when both reports come from the same "
+            "CPU and thread count. Default 0.10; inf: not judged.",
             metavar="R",
+        ),
+    ] = None,
+    max_speedup_loss: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest allowed loss of the compressed model's speedup over its baseline model "
+            "(measured within each run, so comparable across machines) per backend and batch "
+            "size (0.10 = 10 % lower), called only when the new 95 % interval's high end is "
+            "below the old one's low end times (1 - S). Default 0.10; inf: not judged.",
+            metavar="S",
         ),
     ] = None,
     max_size_growth: Annotated[
@@ -653,10 +665,12 @@ def report_diff(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare NEW with OLD: the compressed model's metric, size and latency per backend and batch.
+    """Compare NEW with OLD: the compressed model's metric, size, speedup and latency per backend
+    and batch.
 
     A table (old, new, delta, threshold, verdict), notes when the two were measured on different
-    CPUs or thread counts, and the exit code. Exit codes: 0 no threshold crossed, 1 one was
+    CPUs or thread counts (absolute latency is then not judged; the speedup is), and the exit
+    code. Exit codes: 0 no threshold crossed, 1 one was
     (the line names it), 2 bad input (a file that is not a report, reports of different
     metrics).
     """
@@ -677,10 +691,14 @@ def report_diff(
             "--max-latency-regression", max_latency_regression, "a fraction (0.10 = 10 % slower)"
         )
         _fraction_flag("--max-size-growth", max_size_growth, "a fraction (0.05 = 5 % larger)")
+        _fraction_flag(
+            "--max-speedup-loss", max_speedup_loss, "a fraction (0.10 = 10 % lower speedup)", True
+        )
         given = {
             "max_accuracy_drop": max_accuracy_drop,
             "max_latency_regression": max_latency_regression,
             "max_size_growth": max_size_growth,
+            "max_speedup_loss": max_speedup_loss,
         }
         thresholds = Thresholds.model_validate(
             {k: (None if v == float("inf") else v) for k, v in given.items() if v is not None}

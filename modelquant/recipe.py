@@ -240,7 +240,9 @@ class GatesConfig(_Strict):
         default_factory=Thresholds,
         description="Thresholds against a stored report, judged only when `compress "
         "--baseline-report OLD.json` names one (gates baseline_accuracy_drop, "
-        "baseline_size_growth, baseline_latency_regression[backend,bs=N]); null turns one off.",
+        "baseline_size_growth, baseline_speedup_loss[backend,bs=N], and "
+        "baseline_latency_regression[backend,bs=N] on the same CPU and thread count only); null "
+        "turns one off.",
     )
 
     SIMILARITY_GATES: ClassVar[tuple[str, ...]] = (

@@ -139,13 +139,15 @@ def test_baseline_report_of_the_same_folder_passes_as_gates(
     compress: Callable[..., Any], run_dir: Path
 ) -> None:
     """The folder's own report.json as the baseline (read before the run clears it): the same
-    model, so metric and size are equal; latency is judged on a loose bound here (no timing
-    assertion in a unit test), and every judged figure is a gate and a JUnit case."""
+    model, so metric and size are equal; latency and speedup are judged on loose bounds here (no
+    timing assertion in a unit test), and every judged figure is a gate and a JUnit case."""
     result = compress(
         "--baseline-report",
         str(run_dir / "report.json"),
         "--set",
         "gates.baseline.max_latency_regression=5",
+        "--set",
+        "gates.baseline.max_speedup_loss=0.99",
     )
     assert result.exit_code == 0, result.output
     assert "baseline_latency_regression[cpu,bs=1]" in result.output  # not eaten as markup
@@ -156,6 +158,8 @@ def test_baseline_report_of_the_same_folder_passes_as_gates(
     assert by_name["baseline_size_growth"].threshold == pytest.approx(1.05)
     assert by_name["baseline_latency_regression[cpu,bs=1]"].threshold == 6
     assert "baseline_latency_regression[cpu,bs=8]" in by_name
+    assert by_name["baseline_speedup_loss[cpu,bs=8]"].threshold == pytest.approx(0.01)
+    assert by_name["baseline_speedup_loss[cpu,bs=1]"].value is not None
     assert report.status == "passed"
     cases = [c.get("name") for c in ET.parse(run_dir / "junit.xml").iter("testcase")]
     assert cases == [g.name for g in report.gates]
@@ -171,7 +175,12 @@ def test_a_better_baseline_fails_the_run_naming_the_gate(
     old = tmp_path / "baseline.json"
     old.write_text(json.dumps(doc))
     result = compress(
-        "--baseline-report", str(old), "--set", "gates.baseline.max_latency_regression=null"
+        "--baseline-report",
+        str(old),
+        "--set",
+        "gates.baseline.max_latency_regression=null",
+        "--set",
+        "gates.baseline.max_speedup_loss=null",
     )
     assert result.exit_code == 1, result.output
     line = _last_line(result)
@@ -179,9 +188,41 @@ def test_a_better_baseline_fails_the_run_naming_the_gate(
     assert "baseline_size_growth (" in line
     report = _report(run_dir)
     assert report.status == "gate_failed"
-    assert not any(g.name.startswith("baseline_latency") for g in report.gates)
+    assert not any(
+        g.name.startswith(("baseline_latency", "baseline_speedup")) for g in report.gates
+    )
     junit = ET.parse(run_dir / "junit.xml").getroot()
     assert junit.get("failures") == "2"
+
+
+def test_a_baseline_from_another_cpu_judges_the_speedup_not_the_latency(
+    compress: Callable[..., Any], run_dir: Path, tmp_path: Path
+) -> None:
+    """The stored report comes from another, 100x faster CPU (as a CI runner's baseline would):
+    absolute latency is not judged (a passed gate without a value, JUnit skipped); its far
+    higher speedup at batch 8 is, and fails the run naming baseline_speedup_loss[cpu,bs=8]."""
+    doc = json.loads((run_dir / "report.json").read_text())
+    doc["environment"]["cpu"] = "Intel(R) Xeon(R) Platinum 8480C"
+    for role in ("baseline", "compressed"):
+        for stats in doc[role]["backends"]["cpu"]["latency_ms"].values():
+            stats["p50"] /= 100
+            stats["ci95"] = [stats["ci95"][0] / 100, stats["ci95"][1] / 100]
+    doc["deltas"]["speedup"]["cpu"]["8"] = {"value": 1000.0, "ci95": [999.0, 1001.0]}
+    old = tmp_path / "baseline.json"
+    old.write_text(json.dumps(doc))
+    # A loose threshold: the re-measured speedup of the tiny model moves with the load (no timing
+    # assertion in a unit test); 1000x -> what this run measures crosses it anyway.
+    result = compress("--baseline-report", str(old), "--set", "gates.baseline.max_speedup_loss=0.9")
+    assert result.exit_code == 1, result.output
+    line = _last_line(result)
+    assert line.startswith("gate failed: 1 gate(s) failed: baseline_speedup_loss[cpu,bs=8] (")
+    gates = {g.name: g for g in _report(run_dir).gates}
+    latency = gates["baseline_latency_regression[cpu,bs=8]"]
+    assert latency.passed and latency.value is None and "not judged" in latency.detail
+    junit = ET.parse(run_dir / "junit.xml").getroot()
+    assert junit.get("failures") == "1"
+    skipped = [c.get("name") for c in junit.iter("testcase") if c.find("skipped") is not None]
+    assert "baseline_latency_regression[cpu,bs=1]" in skipped
 
 
 @pytest.mark.parametrize("problem", ["missing", "not a report", "other metric"])

@@ -7,21 +7,34 @@ What is judged, always on the compressed model (the baseline model's rows are in
 - metric: the drop `old - new` of the task metric on the CPU (top-1 accuracy, or mean cosine to
   the report's own FP32 model), as a fraction like `gates.max_accuracy_drop` (0.01 = 1 point);
 - size: the growth `new / old - 1` of the ONNX file, as a fraction (0.05 = 5 % larger);
-- latency, per backend and batch size: a regression is called only when the new run is slower
+- speedup, per backend and batch size: `deltas.speedup` = baseline p50 / compressed p50, measured
+  within ONE run (the two models alternated in blocks), so a machine that is slower or busier
+  slows both models and leaves it unchanged. A regression is called when the compressed model lost
+  more than the threshold S of its relative speed *beyond both intervals*:
+  `new ci95 high < old ci95 low * (1 - S)`; a lower speedup the intervals do not confirm is
+  "within noise". This is the latency check that holds across machines (CI runners);
+- latency (absolute p50), per backend and batch size, judged only when both reports were measured
+  on the same CPU (model name and instruction-set flags) with the same thread count; otherwise
+  shown as "not judged: different machines (see note)" and the speedup row decides. On the same
+  machine a regression is called only when the new run is slower
   than the old by more than the threshold R *and* the 95 % intervals of the two medians say so:
   `new ci95 low > old ci95 high * (1 + R)`. Each run's interval comes from its own block
   bootstrap (see backends/bench.py), so two runs whose intervals overlap by more than R are not
   told apart: a median 8 % slower whose interval reaches back over the old one's is noise, not a
   regression. The interval's low end is never above the median, so the rule implies
   `new p50 > old p50 * (1 + R)` too. A slower median that the intervals do not confirm is shown
-  as "within noise". Emulated backends (the QNN HTP on x86) are shown and never judged.
+  as "within noise". Emulated backends (the QNN HTP on x86) are shown and never judged, neither
+  their latency nor their speedup.
 
-Latency depends on the machine: when the two reports were measured on different CPUs (model name
-or instruction-set flags) or with different thread counts, a note says so (and `--json` carries
-it); the comparison still runs, and the note is the reader's cue to discount it. The baseline model
-is the control: when its file is unchanged but its latency moved by more than 5 % beyond both
-intervals, a note says the machine's speed differed between the runs (a load that changes between
-runs is not in either run's interval).
+Each run's interval covers only the noise within that run. When the two reports were measured on
+different CPUs or with different thread counts, a note says so (and `--json` carries it). The
+baseline model is the control: when its file is unchanged but its latency moved by more than 5 %
+beyond both intervals, a note says the machine's speed differed between the runs (a load that
+changes between runs is in neither run's interval, so absolute latency may show the machine even
+on one CPU). The speedup cancels a machine that is uniformly faster or slower, not a load that
+slows the two models unequally: measured here, one run on the shared 2-core machine put the FP32
+digits CNN at batch 32 at 8.6 ms against 2.8-3.0 ms in four later runs while its INT8 model stayed
+at 0.9-1.0 ms (speedup 8.4x vs 3.1x). Speedup rows whose control moved say so in their detail.
 """
 
 from __future__ import annotations
@@ -33,13 +46,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelquant.errors import UserError
-from modelquant.report.model import Gate, LatencyStats, ModelResult, Report
+from modelquant.report.model import Gate, LatencyStats, ModelResult, Report, Speedup
 
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 DEFAULT_MAX_LATENCY_REGRESSION = 0.10
 DEFAULT_MAX_SIZE_GROWTH = 0.05
+DEFAULT_MAX_SPEEDUP_LOSS = 0.10
 
-Verdict = Literal["ok", "better", "worse", "within noise", "not compared"]
+Verdict = Literal["ok", "better", "worse", "within noise", "not compared", "not judged"]
+DIFFERENT_MACHINES = "different machines (see note)"
 
 
 class _Model(BaseModel):
@@ -59,9 +74,19 @@ class Thresholds(_Model):
     max_latency_regression: float | None = Field(
         DEFAULT_MAX_LATENCY_REGRESSION,
         ge=0,
-        description="Largest allowed slowdown of the compressed model per backend and batch size, "
-        "as a fraction (0.10 = 10 % slower), judged on the 95 % intervals: new low > old high "
-        "* (1 + R) is a regression.",
+        description="Largest allowed slowdown of the compressed model's absolute p50 per backend "
+        "and batch size, as a fraction (0.10 = 10 % slower), judged on the 95 % intervals (new "
+        "low > old high * (1 + R) is a regression) and only when both reports were measured on "
+        "the same CPU with the same thread count.",
+    )
+    max_speedup_loss: float | None = Field(
+        DEFAULT_MAX_SPEEDUP_LOSS,
+        ge=0,
+        le=1,
+        description="Largest allowed loss of the compressed model's speedup over its baseline "
+        "model (measured within each run, so comparable across machines) per backend and batch "
+        "size, as a fraction (0.10 = 10 % lower), judged on the 95 % intervals: new high < old "
+        "low * (1 - S) is a regression.",
     )
     max_size_growth: float | None = Field(
         DEFAULT_MAX_SIZE_GROWTH,
@@ -74,27 +99,40 @@ class Thresholds(_Model):
 class DiffRow(_Model):
     """One compared figure."""
 
-    check: Literal["metric", "size", "latency"] = Field(description="What is compared.")
+    check: Literal["metric", "size", "latency", "speedup"] = Field(description="What is compared.")
     model: Literal["compressed", "baseline"] = Field(
         description="Which model of the two reports (only the compressed one is judged)."
     )
-    backend: str | None = Field(None, description="Latency: the backend.")
-    batch_size: int | None = Field(None, description="Latency: the batch size.")
-    old: float | None = Field(None, description="The old report's value (latency: p50 ms).")
-    new: float | None = Field(None, description="The new report's value (latency: p50 ms).")
-    old_ci95: tuple[float, float] | None = Field(None, description="Latency: old interval (ms).")
-    new_ci95: tuple[float, float] | None = Field(None, description="Latency: new interval (ms).")
+    backend: str | None = Field(None, description="Latency and speedup: the backend.")
+    batch_size: int | None = Field(None, description="Latency and speedup: the batch size.")
+    old: float | None = Field(
+        None, description="The old report's value (latency: p50 ms; speedup: times faster)."
+    )
+    new: float | None = Field(
+        None, description="The new report's value (latency: p50 ms; speedup: times faster)."
+    )
+    old_ci95: tuple[float, float] | None = Field(
+        None, description="Latency and speedup: the old 95 % interval."
+    )
+    new_ci95: tuple[float, float] | None = Field(
+        None, description="Latency and speedup: the new 95 % interval."
+    )
     delta: float | None = Field(
         None,
-        description="metric: new - old (fraction); size and latency: new / old - 1 (fraction).",
+        description="metric: new - old (fraction); size, latency and speedup: new / old - 1 "
+        "(fraction).",
     )
     threshold: float | None = Field(None, description="The threshold this row is judged on.")
     value: float | None = Field(
         None,
-        description="What is compared with the threshold: the metric's drop, the size growth, or "
-        "latency's new low / old high - 1 (the slowdown the intervals confirm).",
+        description="What is compared with the threshold: the metric's drop, the size growth, "
+        "latency's new low / old high - 1 (the slowdown the intervals confirm), or the "
+        "speedup's 1 - new high / old low (the loss the intervals confirm).",
     )
-    verdict: Verdict = Field(description="ok, better, worse, within noise, or not compared.")
+    verdict: Verdict = Field(
+        description="ok, better, worse, within noise, not compared (missing on a side), or not "
+        "judged (absolute latency from different machines: the speedup row decides)."
+    )
     gated: bool = Field(description="True when a worse verdict fails the comparison.")
     emulated: bool = Field(False, description="Latency on an emulated backend (never judged).")
     detail: str = Field("", description="Why, in words (skips, emulation, threads).")
@@ -107,6 +145,8 @@ class DiffRow(_Model):
         if self.check == "size":
             return "baseline_size_growth"
         bs = "" if self.batch_size is None else f",bs={self.batch_size}"
+        if self.check == "speedup":
+            return f"baseline_speedup_loss[{self.backend}{bs}]"
         return f"baseline_latency_regression[{self.backend}{bs}]"
 
     @property
@@ -260,7 +300,7 @@ def _why_missing(result: ModelResult, backend: str, bs: str, which: str) -> str 
     return None
 
 
-def _latency_rows(old: Report, new: Report, t: Thresholds) -> list[DiffRow]:
+def _latency_rows(old: Report, new: Report, t: Thresholds, same_cpu: bool) -> list[DiffRow]:
     rows = []
     for role in ("compressed", "baseline"):
         o: ModelResult = getattr(old, role)
@@ -275,12 +315,18 @@ def _latency_rows(old: Report, new: Report, t: Thresholds) -> list[DiffRow]:
             if not sizes:  # skipped or never timed on either side: one row says why
                 sizes = {""}
             for bs in sorted(sizes, key=lambda s: int(s) if s else 0):
-                rows.append(_latency_row(role, backend, bs, o, n, t))
+                rows.append(_latency_row(role, backend, bs, o, n, t, same_cpu))
     return rows
 
 
 def _latency_row(
-    role: str, backend: str, bs: str, o: ModelResult, n: ModelResult, t: Thresholds
+    role: str,
+    backend: str,
+    bs: str,
+    o: ModelResult,
+    n: ModelResult,
+    t: Thresholds,
+    same_cpu: bool,
 ) -> DiffRow:
     emulated = any(
         entry.emulated for entry in (o.backends.get(backend), n.backends.get(backend)) if entry
@@ -311,7 +357,11 @@ def _latency_row(
         )
     old_stats = o.backends[backend].latency_ms[bs]
     new_stats = n.backends[backend].latency_ms[bs]
-    gated = role == "compressed" and not emulated and t.max_latency_regression is not None
+    # Absolute latency is comparable only on one machine: another CPU, or the same one with
+    # other threads, is not like for like (the speedup row, measured within each run, decides).
+    same_machine = same_cpu and old_stats.threads == new_stats.threads
+    judged = role == "compressed" and not emulated and t.max_latency_regression is not None
+    gated = judged and same_machine
     limit = t.max_latency_regression if gated else None
     verdict, confirmed = latency_verdict(old_stats, new_stats, limit or 0.0)
     notes = []
@@ -319,8 +369,11 @@ def _latency_row(
         notes.append("emulated: never judged")
     elif role != "compressed":
         notes.append("not judged: the baseline model")
-    elif not gated:
+    elif not judged:
         notes.append("not judged: no threshold")
+    elif not gated:
+        verdict = "not judged"
+        notes.append(DIFFERENT_MACHINES)
     if old_stats.threads != new_stats.threads:
         notes.append(f"threads {old_stats.threads} -> {new_stats.threads}")
     return DiffRow.model_validate(
@@ -338,6 +391,102 @@ def _latency_row(
             "detail": "; ".join(notes),
         }
     )
+
+
+def speedup_verdict(old: Speedup, new: Speedup, limit: float) -> tuple[Verdict, float]:
+    """The noise rule for speedups: (verdict, loss the intervals confirm = 1 - new high / old
+    low); worse when that loss exceeds `limit`."""
+    confirmed = 1 - new.ci95[1] / old.ci95[0] if old.ci95[0] > 0 else 0.0
+    if confirmed > limit:
+        return "worse", confirmed
+    if new.value < old.value * (1 - limit):
+        return "within noise", confirmed
+    if new.ci95[0] > old.ci95[1]:
+        return "better", confirmed
+    return "ok", confirmed
+
+
+def _why_no_speedup(report: Report, backend: str, bs: str, which: str) -> str | None:
+    if bs in report.deltas.speedup.get(backend, {}):
+        return None
+    for result in (report.compressed, report.baseline):
+        why = _why_missing(result, backend, bs, which)
+        if why:
+            return why
+    return f"{which} report has no {backend} speedup at batch {bs}"
+
+
+def _speedup_rows(old: Report, new: Report, t: Thresholds) -> list[DiffRow]:
+    """One row per backend and batch size with a speedup in either report (the compressed
+    model's, over the same report's baseline model)."""
+    rows = []
+    backends = list(dict.fromkeys([*old.deltas.speedup, *new.deltas.speedup]))
+    for backend in backends:
+        sizes = {*old.deltas.speedup.get(backend, {}), *new.deltas.speedup.get(backend, {})}
+        for bs in sorted(sizes, key=int):
+            entries = [
+                result.backends.get(backend)
+                for report in (old, new)
+                for result in (report.compressed, report.baseline)
+            ]
+            emulated = any(entry.emulated for entry in entries if entry is not None)
+            base: dict[str, Any] = {
+                "check": "speedup",
+                "model": "compressed",
+                "backend": backend,
+                "batch_size": int(bs),
+                "emulated": emulated,
+            }
+            o = old.deltas.speedup.get(backend, {}).get(bs)
+            n = new.deltas.speedup.get(backend, {}).get(bs)
+            if o is None or n is None:
+                missing = [
+                    why
+                    for why in (
+                        _why_no_speedup(old, backend, bs, "the old"),
+                        _why_no_speedup(new, backend, bs, "the new"),
+                    )
+                    if why
+                ]
+                if o is not None:
+                    base.update(old=o.value, old_ci95=o.ci95)
+                rows.append(
+                    DiffRow.model_validate(
+                        {
+                            **base,
+                            "verdict": "not compared",
+                            "gated": False,
+                            "detail": "; ".join(missing),
+                        }
+                    )
+                )
+                continue
+            gated = not emulated and t.max_speedup_loss is not None
+            limit = t.max_speedup_loss if gated else None
+            verdict, confirmed = speedup_verdict(o, n, limit or 0.0)
+            detail = ""
+            if emulated:
+                detail = "emulated: never judged"
+            elif not gated:
+                detail = "not judged: no threshold"
+            rows.append(
+                DiffRow.model_validate(
+                    {
+                        **base,
+                        "old": o.value,
+                        "new": n.value,
+                        "old_ci95": o.ci95,
+                        "new_ci95": n.ci95,
+                        "delta": n.value / o.value - 1 if o.value > 0 else None,
+                        "threshold": limit,
+                        "value": confirmed,
+                        "verdict": verdict,
+                        "gated": gated,
+                        "detail": detail,
+                    }
+                )
+            )
+    return rows
 
 
 def _machines(old: Report, new: Report) -> Machines:
@@ -366,13 +515,13 @@ def _machines(old: Report, new: Report) -> Machines:
     )
 
 
-def _drift(old: Report, new: Report, rows: list[DiffRow]) -> list[str]:
-    """The baseline model is the control: when its file did not change but its latency did
-    (beyond the intervals), the machine ran at another speed between the two runs."""
+def _moved_controls(old: Report, new: Report, rows: list[DiffRow]) -> list[DiffRow]:
+    """The baseline model is the control: its latency rows that moved by more than 5 % beyond
+    both intervals while its file stayed the same (the machine, not a model, changed)."""
     if old.baseline.size_bytes != new.baseline.size_bytes:
         return []
-    moved = [
-        f"{r.backend} batch {r.batch_size}: {r.delta:+.1%}"
+    return [
+        r
         for r in rows
         if r.model == "baseline"
         and r.check == "latency"
@@ -381,12 +530,30 @@ def _drift(old: Report, new: Report, rows: list[DiffRow]) -> list[str]:
         and r.new_ci95 is not None
         and (r.new_ci95[0] > r.old_ci95[1] * 1.05 or r.new_ci95[1] < r.old_ci95[0] / 1.05)
     ]
+
+
+def _mark_moved_speedups(rows: list[DiffRow], moved: list[DiffRow]) -> None:
+    """A speedup is baseline p50 / compressed p50: when the control's own p50 moved, say so on
+    that speedup row (a load that slows the two models unequally moves the ratio too)."""
+    by_key = {(r.backend, r.batch_size): r for r in moved}
+    for row in rows:
+        control = by_key.get((row.backend, row.batch_size))
+        if row.check == "speedup" and control is not None and control.delta is not None:
+            why = f"the baseline model's own p50 moved {control.delta:+.1%} (see note)"
+            row.detail = f"{row.detail}; {why}" if row.detail else why
+
+
+def _drift(moved: list[DiffRow]) -> list[str]:
+    """One note when the control moved: the machine ran at another speed between the runs."""
     if not moved:
         return []
+    where = "; ".join(f"{r.backend} batch {r.batch_size}: {r.delta:+.1%}" for r in moved)
     return [
-        f"the baseline model's file is the same but its latency moved ({'; '.join(moved)}): the "
-        "machine ran at another speed in the two runs, so the compressed model's latency rows "
-        "may show the machine, not the model"
+        f"the baseline model's file is the same but its latency moved ({where}): the machine "
+        "ran at another speed in the two runs, so the compressed model's latency rows may show "
+        "the machine, not the model; the speedup rows at those batch sizes too, when the load "
+        "slowed the two models unequally (a speedup is the baseline model's p50 over the "
+        "compressed model's)"
     ]
 
 
@@ -407,12 +574,13 @@ def _notes(old: Report, new: Report, machines: Machines, rows: list[DiffRow]) ->
         )
         notes.append(
             f"measured on different CPUs ({cpus}{'; ' if flags else ''}{'; '.join(flags)}): "
-            "latency differences may be the machine's, not the model's"
+            f"absolute latency is the machine's as much as the model's, so its rows are not "
+            "judged; the speedup rows (compressed vs baseline model within each run) decide"
         )
     if machines.threads:
         notes.append(
-            f"measured with different thread counts ({'; '.join(machines.threads)}): latency "
-            "is not like for like"
+            f"measured with different thread counts ({'; '.join(machines.threads)}): absolute "
+            "latency is not like for like, so those rows are not judged; the speedup rows decide"
         )
     old_cpu, new_cpu = old.compressed.backends.get("cpu"), new.compressed.backends.get("cpu")
     old_samples = old_cpu.samples if old_cpu is not None else None
@@ -422,7 +590,7 @@ def _notes(old: Report, new: Report, machines: Machines, rows: list[DiffRow]) ->
             f"the metric was scored on {old_samples} samples in the old report and "
             f"{new_samples} in the new"
         )
-    notes += _drift(old, new, rows)
+    notes += _drift(_moved_controls(old, new, rows))
     if old.status != "passed":
         notes.append("the old report's own gates failed")
     return notes
@@ -447,8 +615,14 @@ def diff_reports(
     """Compare `new` with `old` (see the module docstring for the rules)."""
     t = thresholds or Thresholds()
     check_same_metric(old.compressed.metric, new.compressed.metric)
-    rows = [*_metric_rows(old, new, t), *_size_rows(old, new, t), *_latency_rows(old, new, t)]
     machines = _machines(old, new)
+    rows = [
+        *_metric_rows(old, new, t),
+        *_size_rows(old, new, t),
+        *_speedup_rows(old, new, t),
+        *_latency_rows(old, new, t, machines.same_cpu),
+    ]
+    _mark_moved_speedups(rows, _moved_controls(old, new, rows))
     failed = [r.gate_name for r in rows if r.failed]
     return ReportDiff(
         old=old_name,
@@ -472,6 +646,10 @@ def _fmt_interval(ci: tuple[float, float] | None) -> str:
     return f"[{fmt_ms(ci[0])}, {fmt_ms(ci[1])}]" if ci else "?"
 
 
+def _fmt_speedup_interval(ci: tuple[float, float] | None) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "?"
+
+
 def row_detail(row: DiffRow, metric: str) -> str:
     """One line saying what was compared (the numbers), for gates and failure messages."""
     from modelquant.report.rows import fmt_metric, fmt_ms
@@ -485,6 +663,20 @@ def row_detail(row: DiffRow, metric: str) -> str:
     if row.verdict == "not compared":
         return f"not compared: {row.detail}"
     assert row.old is not None and row.new is not None
+    if row.check == "speedup":
+        text = (
+            f"speedup {row.old:.2f}x -> {row.new:.2f}x, 95% intervals "
+            f"{_fmt_speedup_interval(row.old_ci95)} -> {_fmt_speedup_interval(row.new_ci95)} "
+            "(judged: new high / old low)"
+        )
+        if row.verdict == "within noise":
+            text += "; lower speedup within the measured noise"
+        return text + (f"; {row.detail}" if row.detail else "")
+    if row.verdict == "not judged":
+        return (
+            f"not judged: p50 {fmt_ms(row.old)} -> {fmt_ms(row.new)} ms measured on different "
+            "machines (CPU or thread count); the speedup gates decide"
+        )
     text = (
         f"p50 {fmt_ms(row.old)} -> {fmt_ms(row.new)} ms, 95% intervals "
         f"{_fmt_interval(row.old_ci95)} -> {_fmt_interval(row.new_ci95)} (judged: new low / "
@@ -497,19 +689,24 @@ def row_detail(row: DiffRow, metric: str) -> str:
 
 def gates_from_diff(diff: ReportDiff) -> list[Gate]:
     """The judged rows as the run's gates (`compress --baseline-report`): accuracy drop as a
-    fraction, size and latency as ratios against 1 + the threshold."""
+    fraction; size and latency as ratios new / old against 1 + the threshold (at most); speedup
+    as the ratio new high / old low against 1 - the threshold (at least)."""
+    t = diff.thresholds
+    limits = {"latency": t.max_latency_regression, "speedup": t.max_speedup_loss}
     gates = []
     for row in diff.rows:
         if row.model != "compressed":
             continue
-        if row.check == "latency" and row.verdict == "not compared":
-            # Shown as a passed gate (JUnit: skipped) when the old report had timed it.
-            if row.emulated or row.old is None or diff.thresholds.max_latency_regression is None:
+        if row.check in limits and row.verdict in ("not compared", "not judged"):
+            # Shown as a passed gate (JUnit: skipped) when the old report had measured it:
+            # absolute latency across machines, or a figure the new report lacks.
+            limit = limits[row.check]
+            if row.emulated or row.old is None or limit is None:
                 continue
             gates.append(
                 Gate(
                     name=row.gate_name,
-                    threshold=1 + diff.thresholds.max_latency_regression,
+                    threshold=1 - limit if row.check == "speedup" else 1 + limit,
                     value=None,
                     passed=True,
                     detail=row_detail(row, diff.metric),
@@ -519,15 +716,20 @@ def gates_from_diff(diff: ReportDiff) -> list[Gate]:
             continue
         if not row.gated or row.threshold is None or row.value is None:
             continue
-        ratio = row.check != "metric"
+        if row.check == "metric":
+            threshold, value, unit = row.threshold, row.value, "fraction"
+        elif row.check == "speedup":
+            threshold, value, unit = 1 - row.threshold, 1 - row.value, "ratio"
+        else:
+            threshold, value, unit = 1 + row.threshold, 1 + row.value, "ratio"
         gates.append(
             Gate(
                 name=row.gate_name,
-                threshold=1 + row.threshold if ratio else row.threshold,
-                value=1 + row.value if ratio else row.value,
+                threshold=threshold,
+                value=value,
                 passed=not row.failed,
                 detail=f"{row_detail(row, diff.metric)}; against {diff.old}",
-                unit="ratio" if ratio else "fraction",
+                unit=unit,
             )
         )
     return gates
@@ -547,6 +749,8 @@ def _fmt_value(
         return fmt_metric(metric, value)
     if row.check == "size":
         return fmt_bytes(int(value))
+    if row.check == "speedup":
+        return f"{value:.2f}x {_fmt_speedup_interval(ci)}"
     return f"{fmt_ms(value)} ms {_fmt_interval(ci)}"
 
 
@@ -570,6 +774,8 @@ def _fmt_threshold(row: DiffRow, metric: str) -> str:
         return f"drop <= {limit}"
     if row.check == "size":
         return f"growth <= {row.threshold:.0%}"
+    if row.check == "speedup":
+        return f"loss <= {row.threshold:.0%}"
     return f"slower <= {row.threshold:.0%}"
 
 
@@ -580,13 +786,14 @@ def row_label(row: DiffRow, metric: str) -> str:
         what = "ONNX size"
     else:
         bs = "" if row.batch_size is None else f", batch {row.batch_size}"
-        what = f"{row.backend}{' (emulated)' if row.emulated else ''} p50{bs}"
+        figure = "speedup" if row.check == "speedup" else "p50"
+        what = f"{row.backend}{' (emulated)' if row.emulated else ''} {figure}{bs}"
     return f"{what}, {row.model}"
 
 
 def verdict_text(row: DiffRow) -> str:
-    if row.verdict == "not compared":
-        return f"not compared: {row.detail}"
+    if row.verdict in ("not compared", "not judged"):
+        return f"{row.verdict}: {row.detail}"
     if row.verdict == "worse":
         return "REGRESSION" if row.gated else "worse (not judged)"
     return row.verdict
@@ -614,7 +821,8 @@ def render_diff(diff: ReportDiff, console: Any) -> None:
     for row in diff.rows:
         style = styles.get(row.verdict, "dim") if row.gated or row.verdict != "worse" else ""
         verdict = escape(verdict_text(row))
-        detail = f" ({escape(row.detail)})" if row.detail and row.verdict != "not compared" else ""
+        shown = row.verdict not in ("not compared", "not judged")
+        detail = f" ({escape(row.detail)})" if row.detail and shown else ""
         if row.model == "baseline":
             detail = " (informative)"
         table.add_row(
@@ -627,8 +835,11 @@ def render_diff(diff: ReportDiff, console: Any) -> None:
         )
     console.print(table)
     console.print(
-        "Latency: a regression needs the new interval's low end above the old one's high end "
-        "times (1 + threshold); a slower median inside the measured noise is not one.",
+        "Speedup (compressed vs baseline model, measured within each run): a regression needs "
+        "the new interval's high end below the old one's low end times (1 - threshold). "
+        "Latency (absolute, judged on the same CPU and thread count only): a regression needs "
+        "the new interval's low end above the old one's high end times (1 + threshold). A "
+        "change inside the measured noise is not one.",
         highlight=False,
     )
     for note in diff.notes:

@@ -87,6 +87,7 @@ def test_the_workflow_triggers_and_its_steps(workflow: dict[str, Any]) -> None:
     assert diff[:2] == ["examples/ci/baseline-report.json", f"{out}/report.json"]
     assert _option(diff, "--max-accuracy-drop") == "0.01"
     assert _option(diff, "--max-latency-regression") == "0.25"
+    assert _option(diff, "--max-speedup-loss") == "0.25"  # the check across machines
 
 
 def _resolve(words: list[str]) -> tuple[list[str], Any, list[str]]:

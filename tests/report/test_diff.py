@@ -14,8 +14,15 @@ import pytest
 from typer.testing import CliRunner
 
 from modelquant.cli import app
-from modelquant.report.diff import diff_reports, latency_verdict, load_report
-from modelquant.report.model import LatencyStats
+from modelquant.gates import with_baseline
+from modelquant.report.diff import (
+    Thresholds,
+    diff_reports,
+    latency_verdict,
+    load_report,
+    speedup_verdict,
+)
+from modelquant.report.model import LatencyStats, Speedup
 
 runner = CliRunner()
 Edit = Callable[[dict[str, Any]], None]
@@ -96,7 +103,7 @@ def test_two_real_runs_of_one_recipe_pass(tiny_run: Path, variant: Callable[...,
     assert "REGRESSION" not in result.output
     doc = json.loads(_diff(tiny_run, variant("same"), "--json").stdout)
     judged = [r for r in doc["rows"] if r["gated"]]
-    assert {r["check"] for r in judged} == {"metric", "size", "latency"}
+    assert {r["check"] for r in judged} == {"metric", "size", "speedup", "latency"}
     assert {r["verdict"] for r in judged} == {"ok"}
     assert doc["passed"] is True and doc["machines"]["same_cpu"] is True
 
@@ -153,7 +160,11 @@ def test_slower_median_inside_the_noise_is_not_a_regression(
     result = _diff(tiny_run, noisy, "--max-latency-regression", "0.05")
     assert result.exit_code == 0, result.output
     doc = json.loads(_diff(tiny_run, noisy, "--max-latency-regression", "0.05", "--json").stdout)
-    (row,) = [r for r in doc["rows"] if r["model"] == "compressed" and r["batch_size"] == 8]
+    (row,) = [
+        r
+        for r in doc["rows"]
+        if r["check"] == "latency" and r["model"] == "compressed" and r["batch_size"] == 8
+    ]
     assert row["delta"] == pytest.approx(0.08)
     assert row["verdict"] == "within noise"
 
@@ -197,6 +208,7 @@ def test_different_cpus_and_threads_are_noted(tiny_run: Path, variant: Callable[
     assert result.exit_code == 0, result.output
     flat = " ".join(result.stdout.split())
     assert "note: measured on different CPUs" in flat
+    assert "the speedup rows (compressed vs baseline model within each run) decide" in flat
     assert "Intel(R) Xeon(R) Platinum 8480C" in flat
     assert "only the new has amx_int8" in flat
     assert "note: measured with different thread counts (cpu bs=1: 1 -> 4" in flat
@@ -220,9 +232,13 @@ def test_a_machine_that_slowed_down_is_noted(tiny_run: Path, variant: Callable[.
     assert doc["passed"] is True  # the baseline model is never judged
     assert doc["notes"] == [
         "the baseline model's file is the same but its latency moved (cpu batch 8: +100.0%): the "
-        "machine ran at another speed in the two runs, so the compressed model's latency rows "
-        "may show the machine, not the model"
+        "machine ran at another speed in the two runs, so the compressed model's latency rows may "
+        "show the machine, not the model; the speedup rows at those batch sizes too, when the "
+        "load slowed the two models unequally (a speedup is the baseline model's p50 over the "
+        "compressed model's)"
     ]
+    (speed,) = [r for r in doc["rows"] if r["check"] == "speedup" and r["batch_size"] == 8]
+    assert speed["detail"] == "the baseline model's own p50 moved +100.0% (see note)"
 
 
 def test_skipped_and_untimed_backends_are_shown(
@@ -306,6 +322,149 @@ def test_diff_of_the_same_report_in_python(tiny_run: Path) -> None:
     assert [r.gate_name for r in diff.rows if r.gated] == [
         "baseline_accuracy_drop",
         "baseline_size_growth",
+        "baseline_speedup_loss[cpu,bs=1]",
+        "baseline_speedup_loss[cpu,bs=8]",
         "baseline_latency_regression[cpu,bs=1]",
         "baseline_latency_regression[cpu,bs=8]",
     ]
+
+
+# ---------------------------------------------------------------- speedup, and other machines
+
+
+def _elsewhere_twice_as_slow(doc: dict[str, Any]) -> None:
+    """Another CPU where both models take twice as long: every cpu latency (and its interval)
+    doubled, the speedup measured within the run unchanged."""
+    doc["environment"]["cpu"] = "AMD EPYC 7763 64-Core Processor"
+    doc["environment"]["cpu_flags"] = ["avx", "avx2", "fma"]
+    for role in ("baseline", "compressed"):
+        for stats in _cpu_latency(doc, role).values():
+            for key in ("p50", "p90", "mean"):
+                stats[key] *= 2
+            stats["ci95"] = [stats["ci95"][0] * 2, stats["ci95"][1] * 2]
+
+
+def _speedup(doc: dict[str, Any], bs: str, factor: float, spread: float = 0.005) -> None:
+    """The cpu speedup at batch `bs` times `factor`, with an interval of +-`spread` around it."""
+    speed = doc["deltas"]["speedup"]["cpu"][bs]
+    speed["value"] *= factor
+    speed["ci95"] = [speed["value"] * (1 - spread), speed["value"] * (1 + spread)]
+
+
+def test_another_machine_twice_as_slow_with_the_same_speedup_passes(
+    tiny_run: Path, variant: Callable[..., Path]
+) -> None:
+    """A baseline report from another CPU (CI runners differ): absolute latency 2x is the machine,
+    not judged; the unchanged speedup decides, exit 0 with the note. The same doubling on the same
+    CPU is still a latency regression."""
+    new = variant("slow-machine", _elsewhere_twice_as_slow)
+    result = _diff(tiny_run, new)
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.stdout.split())
+    assert "note: measured on different CPUs" in flat
+    assert "not judged: different machines (see note)" in flat
+    doc = json.loads(_diff(tiny_run, new, "--json").stdout)
+    rows = {(r["check"], r["batch_size"]): r for r in doc["rows"] if r["model"] == "compressed"}
+    for bs in (1, 8):
+        assert rows[("latency", bs)]["verdict"] == "not judged"
+        assert rows[("latency", bs)]["delta"] == pytest.approx(1.0)
+        assert rows[("speedup", bs)]["verdict"] == "ok" and rows[("speedup", bs)]["gated"]
+    assert doc["passed"] is True
+
+    def here_twice_as_slow(doc: dict[str, Any]) -> None:
+        env = copy.deepcopy(doc["environment"])
+        _elsewhere_twice_as_slow(doc)
+        doc["environment"] = env
+
+    result = _diff(tiny_run, variant("slow-here", here_twice_as_slow))
+    assert result.exit_code == 1, result.output
+    assert "cpu p50, batch 1, compressed: +100.0% crosses slower <= 10%" in _one_line(result)
+
+
+def test_speedup_lost_beyond_the_intervals_exits_1_naming_it(
+    tiny_run: Path, variant: Callable[..., Path]
+) -> None:
+    """Same machine, the compressed model's speedup at batch 8 down 30 % with tight intervals:
+    exit 1 naming it; inside wide intervals it is noise; a looser flag or inf lets it pass."""
+    old = variant("old-speed", lambda doc: _speedup(doc, "8", 1.0))
+    lost = variant("lost", lambda doc: _speedup(doc, "8", 0.7))
+    result = _diff(old, lost)
+    assert result.exit_code == 1, result.output
+    line = _one_line(result)
+    assert line.startswith("gate failed: 1 threshold(s) crossed")
+    assert "cpu speedup, batch 8, compressed: -30.0% crosses loss <= 10%" in line
+    assert "(judged: new high / old low)" in line
+    doc = json.loads(_diff(old, lost, "--json").stdout)
+    assert doc["failed"] == ["baseline_speedup_loss[cpu,bs=8]"]
+    assert _diff(old, lost, "--max-speedup-loss", "0.4").exit_code == 0
+    assert _diff(old, lost, "--max-speedup-loss", "inf").exit_code == 0
+    noisy = variant("noisy-speed", lambda doc: _speedup(doc, "8", 0.85, spread=0.2))
+    doc = json.loads(_diff(old, noisy, "--json").stdout)
+    (row,) = [r for r in doc["rows"] if r["check"] == "speedup" and r["batch_size"] == 8]
+    assert row["verdict"] == "within noise" and doc["passed"] is True
+    bad = _diff(old, lost, "--max-speedup-loss", "1.5")
+    assert bad.exit_code == 2 and "--max-speedup-loss is a fraction" in _one_line(bad)
+
+
+def test_emulated_speedup_is_shown_not_judged(tiny_run: Path, variant: Callable[..., Path]) -> None:
+    def with_npu(factor: float) -> Edit:
+        def edit(doc: dict[str, Any]) -> None:
+            for role in ("baseline", "compressed"):
+                npu = copy.deepcopy(doc[role]["backends"]["cpu"])
+                npu["emulated"] = True
+                doc[role]["backends"]["npu"] = npu
+            speed = copy.deepcopy(doc["deltas"]["speedup"]["cpu"])
+            for entry in speed.values():
+                entry["value"] *= factor
+                entry["ci95"] = [entry["value"] * 0.99, entry["value"] * 1.01]
+            doc["deltas"]["speedup"]["npu"] = speed
+
+        return edit
+
+    old, new = variant("npu-old", with_npu(1.0)), variant("npu-new", with_npu(0.2))
+    result = _diff(old, new)
+    assert result.exit_code == 0, result.output
+    assert "npu (emulated) speedup, batch 1, compressed" in " ".join(result.stdout.split())
+    rows = json.loads(_diff(old, new, "--json").stdout)["rows"]
+    npu = [r for r in rows if r["backend"] == "npu" and r["check"] == "speedup"]
+    assert len(npu) == 2
+    assert all(r["emulated"] and not r["gated"] and r["verdict"] == "worse" for r in npu)
+
+
+def test_speedup_rule() -> None:
+    """new high < old low * (1 - S), in numbers."""
+    old = Speedup(value=2.0, ci95=(1.9, 2.1))
+    assert speedup_verdict(old, Speedup(value=1.5, ci95=(1.45, 1.55)), 0.10)[0] == "worse"
+    assert speedup_verdict(old, Speedup(value=1.7, ci95=(1.5, 1.9)), 0.10)[0] == "within noise"
+    assert speedup_verdict(old, Speedup(value=1.9, ci95=(1.85, 1.95)), 0.10)[0] == "ok"
+    assert speedup_verdict(old, Speedup(value=3.0, ci95=(2.9, 3.1)), 0.10)[0] == "better"
+    verdict, loss = speedup_verdict(old, Speedup(value=1.0, ci95=(0.9, 0.95)), 0.10)
+    assert verdict == "worse" and loss == pytest.approx(1 - 0.95 / 1.9)
+
+
+def test_baseline_gates_from_another_machine(tiny_run: Path, real: dict[str, Any]) -> None:
+    """`compress --baseline-report` against a report from another, faster CPU: the latency gates
+    are passed without a value (JUnit: skipped) saying why; the speedup gates judge."""
+    report = load_report(tiny_run)
+    doc = copy.deepcopy(real)
+    _elsewhere_twice_as_slow(doc)  # the stored report's machine is the slow one here...
+    for role in ("baseline", "compressed"):  # ...and this run's is 4x faster than it
+        for stats in _cpu_latency(doc, role).values():
+            stats["p50"] /= 8
+            stats["ci95"] = [stats["ci95"][0] / 8, stats["ci95"][1] / 8]
+    old = type(report).model_validate(doc)
+    judged = with_baseline(report, old, Thresholds(), "stored.json")
+    gates = {g.name: g for g in judged.gates}
+    assert judged.status == report.status
+    latency = gates["baseline_latency_regression[cpu,bs=1]"]
+    assert latency.passed and latency.value is None
+    assert "not judged" in latency.detail and "the speedup gates decide" in latency.detail
+    speed = gates["baseline_speedup_loss[cpu,bs=8]"]
+    assert speed.passed and speed.value is not None and speed.threshold == pytest.approx(0.9)
+    assert speed.unit == "ratio"
+
+    _speedup(doc, "8", 3.0)  # the stored run's compressed model was 3x faster relative
+    worse = with_baseline(report, type(report).model_validate(doc), Thresholds(), "stored.json")
+    failed = [g.name for g in worse.gates if not g.passed]
+    assert failed == ["baseline_speedup_loss[cpu,bs=8]"]
+    assert worse.status == "gate_failed"
