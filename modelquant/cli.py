@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -14,14 +19,18 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperArgument, TyperGroup
 
-from modelquant import __version__
+from modelquant import __version__, progress
 from modelquant.errors import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STAGE_FAILED,
+    EXIT_TERMINATED,
     GateFailed,
     ModelquantError,
+    Terminated,
     UserError,
     current_step,
+    describe_step,
     reset_step,
     step,
 )
@@ -92,8 +101,10 @@ def _width(stream: TextIO) -> int | None:
     return WIDE if os.environ.get("CI") or not isatty() else None
 
 
-out = Console(width=_width(sys.stdout))
-err = Console(stderr=True, width=_width(sys.stderr))
+# With `CI` set, no colour or other escape codes even where the CI log claims to be a terminal.
+_COLOR: typing.Any = None if progress.ci() else "auto"
+out = Console(width=_width(sys.stdout), color_system=_COLOR)
+err = Console(stderr=True, width=_width(sys.stderr), color_system=_COLOR)
 
 
 def _recipe_path(value: Path) -> Path:
@@ -127,6 +138,30 @@ OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.
 DebugOpt = Annotated[
     bool,
     typer.Option("--debug", help="Show tracebacks of internal errors (exit codes stay the same)."),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Reuse the finished stages in the output folder whose content key matches (said on "
+        "the console), also from another recipe's run there; the rest run.",
+    ),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Overwrite an output folder that holds another recipe's run."),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Print only the final line and errors."),
+]
+LogFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-file",
+        help="Append every progress line, with a timestamp, to this file (also with --quiet).",
+        metavar="FILE",
+    ),
 ]
 
 
@@ -205,47 +240,101 @@ def _root(
 
 
 def _progress(message: str) -> None:
-    """A progress line on stderr (stdout stays clean for --json); messages are text, not markup."""
-    err.print(f"[dim]· {escape(message)}[/]", highlight=False)
+    """A progress line on stderr (stdout stays clean for --json) through the command's reporter:
+    dim on a terminal, plain in CI or a pipe, none with --quiet, always in --log-file."""
+    progress.current().line(message)
+
+
+def _say(markup: str) -> None:
+    """A line the user must see (the final line, an error) on stderr, also in --log-file."""
+    from rich.text import Text
+
+    err.print(markup, highlight=False, soft_wrap=True)
+    progress.current().record(Text.from_markup(markup).plain)
 
 
 def _fail(exc: ModelquantError) -> typer.Exit:
-    err.print(f"[red]{exc.label}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    _say(f"[red]{exc.label}:[/] {escape(str(exc))}")
     return typer.Exit(exc.exit_code)
 
 
-def _run_guarded(fn, debug: bool) -> None:  # type: ignore[no-untyped-def]
+SIGNAL_GRACE_S = 5.0
+"""A second Ctrl-C (or SIGTERM) this soon after the first is ignored, so that the cleanup the
+first one started (removing partial files) finishes; a later one exits at once."""
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM `Terminated` where they land (so both unwind
+    through the same cleanup); the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    first: list[float] = []
+
+    def handle(signum: int, frame: object) -> None:
+        code = EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
+        if not first:
+            first.append(time.monotonic())
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if time.monotonic() - first[0] >= SIGNAL_GRACE_S:
+            os._exit(code)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for sig in before:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _run_guarded(  # type: ignore[no-untyped-def]
+    fn,
+    debug: bool,
+    *,
+    quiet: bool = False,
+    log_file: Path | None = None,
+    resume_hint: bool = False,
+) -> None:
     """Run a command's work; turn every way it can end into the exit-code contract.
 
-    Only `GateFailed` exits 1. Bad input exits 2. Anything else, expected (`StageError`) or not
-    (a bug, a library raising something new, Ctrl-C), exits 3 with one line naming the step it
-    happened in; `--debug` shows the traceback instead.
+    Only `GateFailed` exits 1. Bad input exits 2. Ctrl-C exits 130 and SIGTERM 143, with one line
+    naming the step (and, with `resume_hint`, how to continue). Anything else, expected
+    (`StageError`) or not (a bug, a library raising something new), exits 3 with one line naming
+    the step it happened in; `--debug` shows the traceback instead. Progress goes through a
+    reporter (`modelquant.progress`) made for `quiet` and `log_file`.
     """
     reset_step()
-    try:
-        fn()
-    except typer.Exit:
-        raise
-    except ModelquantError as exc:
-        if debug:
+    with _signals(), contextlib.ExitStack() as stack:
+        try:
+            mode = progress.choose_mode(quiet, sys.stderr)
+            stack.enter_context(progress.reporting(progress.Reporter(err, mode, log_file)))
+            fn()
+        except typer.Exit:
             raise
-        raise _fail(exc) from None
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        err.print(f"[red]interrupted[/] during {escape(current_step())}", highlight=False)
-        raise typer.Exit(EXIT_STAGE_FAILED) from None
-    except Exception as exc:
-        if debug:
-            raise
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        err.print(
-            f"[red]internal error[/] during {escape(current_step())}: "
-            f"{type(exc).__name__}: {escape(first)} (rerun with --debug for the traceback)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(EXIT_STAGE_FAILED) from None
+        except ModelquantError as exc:
+            if debug:
+                raise
+            raise _fail(exc) from None
+        except KeyboardInterrupt as exc:
+            if debug:
+                raise
+            word = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            hint = "; rerun with --resume to continue" if resume_hint else ""
+            _say(f"[red]{word}[/] during {escape(describe_step(current_step()))}{hint}")
+            code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+            raise typer.Exit(code) from None
+        except Exception as exc:
+            if debug:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            _say(
+                f"[red]internal error[/] during {escape(current_step())}: "
+                f"{type(exc).__name__}: {escape(first)} (rerun with --debug for the traceback)"
+            )
+            raise typer.Exit(EXIT_STAGE_FAILED) from None
 
 
 def _load(recipe: Path, overrides: list[str] | None):  # type: ignore[no-untyped-def]
@@ -264,28 +353,36 @@ def compress(
         bool, typer.Option("--dry-run", help="Validate recipe, files and data; print the plan.")
     ] = False,
     baseline_report: BaselineReportOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    log_file: LogFileOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run a recipe: stages, then baseline vs compressed on each backend, then gates.
 
+    Finished stages are cached by content in the output folder and reused when nothing they read
+    changed ("cached"; with --resume, "reused from the earlier run" with the key). An output
+    folder holding another recipe's run is refused unless --force or --resume.
+
     Exit codes: 0 all gates passed, 1 a gate failed, 2 bad input, 3 a stage failed or an
-    unexpected error (one line naming the step; --debug for the traceback).
+    unexpected error (one line naming the step; --debug for the traceback), 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM).
     """
 
     def work() -> None:
         from modelquant.pipeline import Pipeline
-        from modelquant.pipeline.artifacts import clear_reports, peek_out_dir
+        from modelquant.pipeline.artifacts import peek_out_dir
 
         held = _hold_report(baseline_report)  # before the clear: it may be this folder's report
         if not dry_run:  # first thing: no earlier success may outlive this run, however it ends
-            clear_reports(peek_out_dir(recipe, out_dir))
+            _claim_out_dir(peek_out_dir(recipe, out_dir), recipe, force=force, resume=resume)
         old = _baseline_report(baseline_report, held)
         with step("reading the recipe"):
             spec = _load(recipe, overrides)
             if old is not None:
                 _check_baseline_metric(old, spec)
-        log = (lambda m: None) if as_json else _progress
-        pipeline = Pipeline(spec, recipe, out_dir, log=log)
+        pipeline = Pipeline(spec, recipe, out_dir, log=_progress, resume=resume, force=force)
         if dry_run:
             for line in pipeline.check():
                 out.print(line, highlight=False)
@@ -299,22 +396,41 @@ def compress(
                 report = with_baseline(report, old, spec.gates.baseline, str(baseline_report))
         with step("writing the report"):
             pipeline.write_report(report)
-        if as_json:
-            sys.stdout.write(report.model_dump_json(indent=2) + "\n")
-        else:
-            from modelquant.report.console import render_console
+        with step("printing the report"):
+            if as_json:
+                sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+            elif not quiet:
+                from modelquant.report.console import render_console
 
-            render_console(report, out)
+                render_console(report, out)
         failed = [g for g in report.gates if not g.passed]
         if failed:
             names = "; ".join(f"{g.name} ({g.detail or g.value})" for g in failed)  # _fail escapes
             raise GateFailed(
                 f"{len(failed)} gate(s) failed: {names}. Report: {pipeline.out_dir / 'report.json'}"
             )
-        err.print(f"[green]done[/]: all gates passed. Report: {pipeline.out_dir / 'report.json'}")
+        _say(f"[green]done[/]: all gates passed. Report: {pipeline.out_dir / 'report.json'}")
 
-    _run_guarded(work, debug)
+    _run_guarded(work, debug, quiet=quiet or as_json, log_file=log_file, resume_hint=True)
     raise typer.Exit(EXIT_OK)
+
+
+def _claim_out_dir(target: Path | None, recipe: Path, *, force: bool, resume: bool) -> None:
+    """Before anything else: refuse an output folder holding another recipe's run (unless
+    --force or --resume), else remove the reports of the earlier run there (so that none
+    outlives this run, however it ends). The pipeline checks again, with the validated recipe."""
+    from modelquant.pipeline import ownership
+    from modelquant.pipeline.artifacts import clear_reports
+
+    if target is None:
+        return
+    identity = ownership.peek_identity(recipe)
+    marker = ownership.read_marker(target)
+    if marker is not None and not identity.same_as(marker) and not (force or resume):
+        if identity.name is None:
+            return  # the recipe cannot be read: its own error says why; the folder stays as is
+        raise ownership.refusal(target, marker)
+    clear_reports(target)
 
 
 @app.command()
@@ -337,6 +453,10 @@ def analyze(
         ),
     ] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print sensitivity JSON.")] = False,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    log_file: LogFileOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Per-layer sensitivity of the recipe's quantize stage, worst first: a table, sensitivity.json.
@@ -350,32 +470,33 @@ def analyze(
     """
 
     def work() -> None:
-        from modelquant.pipeline import Pipeline
+        from modelquant.pipeline import Pipeline, ownership
         from modelquant.pipeline.artifacts import peek_out_dir, process_rank, write_atomic
         from modelquant.sensitivity import SENSITIVITY_FILE, render
-        from modelquant.stages.analyze import (
-            Analyze,
-            analysis_recipe,
-            progress_bar,
-            sensitivity_from_details,
-        )
+        from modelquant.stages.analyze import Analyze, analysis_recipe, sensitivity_from_details
 
         if samples < 1:
             raise UserError(f"--samples must be at least 1, got {samples}")
         stale = peek_out_dir(recipe, out_dir)
+        if not (force or resume):  # another recipe's folder is refused before anything changes
+            ownership.foreign_marker(
+                stale, ownership.peek_identity(recipe), force=False, resume=False
+            )
         if stale is not None and process_rank() == 0:  # no old result outlives a failed rerun
             (stale / SENSITIVITY_FILE).unlink(missing_ok=True)
         with step("reading the recipe"):
             spec = _load(recipe, overrides)
             plan = analysis_recipe(spec, accuracy, samples)
-        log = (lambda m: None) if as_json else _progress
-        pipeline = Pipeline(plan, recipe, out_dir, log=log)
+        pipeline = Pipeline(
+            plan, recipe, out_dir, log=_progress, resume=resume, force=force, command="analyze"
+        )
+        # The folder is marked with the recipe as written, not the analysis recipe made of it.
+        pipeline.artifacts.identity = ownership.RecipeIdentity.of(recipe, spec.name)
+        pipeline.artifacts.recipe_hash = ownership.recipe_hash(spec)
         pipeline.artifacts.keeps_reports = True  # a compress report in that folder stays valid
         stage = pipeline.stages[-1]
         assert isinstance(stage, Analyze)
-        with progress_bar(err, enabled=not as_json and err.is_terminal) as bar:
-            stage.progress = bar
-            result = pipeline.run_stages()
+        result = pipeline.run_stages()
         doc = sensitivity_from_details(result.state.lineage[-1].details)
         doc.recipe = spec.name
         doc.model = result.compressed.name  # the published file the stage analysed
@@ -383,13 +504,16 @@ def analyze(
         with step("writing sensitivity.json"):
             if process_rank() == 0:
                 write_atomic(target, doc.model_dump_json(indent=2) + "\n")
+                pipeline.artifacts.published["sensitivity"] = SENSITIVITY_FILE
+                pipeline.artifacts.finish()
         if as_json:
             sys.stdout.write(doc.model_dump_json(indent=2) + "\n")
             return
-        render(doc, out)
-        err.print(f"[green]done[/]: {len(doc.layers)} layers. Sensitivity: {escape(str(target))}")
+        if not quiet:
+            render(doc, out)
+        _say(f"[green]done[/]: {len(doc.layers)} layers. Sensitivity: {escape(str(target))}")
 
-    _run_guarded(work, debug)
+    _run_guarded(work, debug, quiet=quiet or as_json, log_file=log_file, resume_hint=True)
 
 
 @app.command()

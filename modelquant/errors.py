@@ -10,6 +10,10 @@ EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_STAGE_FAILED = 3
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (SIGINT): 128 + 2, what shells report for a process a signal ended."""
+EXIT_TERMINATED = 143
+"""SIGTERM (how CI runners cancel a job): 128 + 15."""
 
 
 class ModelquantError(Exception):
@@ -49,6 +53,11 @@ class GateFailed(ModelquantError):
     label = "gate failed"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception where it lands, so that it unwinds through the same
+    cleanup as Ctrl-C (every `except BaseException` that removes a partial file)."""
+
+
 _STEP: contextvars.ContextVar[str] = contextvars.ContextVar("modelquant_step", default="startup")
 
 
@@ -72,3 +81,12 @@ def current_step() -> str:
 def reset_step(name: str = "startup") -> None:
     """Start naming steps afresh (each CLI command does, before it runs)."""
     _STEP.set(name)
+
+
+def describe_step(name: str) -> str:
+    """A step as a user reads it: `stage 3 quantize` becomes `stage 3 'quantize'`."""
+    head, sep, stage = name.partition(" ")
+    number, _, stage_name = stage.partition(" ")
+    if head == "stage" and sep and number.isdigit() and stage_name and " " not in stage_name:
+        return f"stage {number} '{stage_name}'"
+    return name

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelquant import progress
 from modelquant.report.model import LatencyStats, Speedup
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def time_alternating(
     repeats: int,
     block: int,
     timer: Timer = time.perf_counter_ns,
+    on_block: Callable[[int], None] | None = None,
 ) -> dict[str, Timed]:
     """Each callable's `repeats` warm runs, timed in alternating blocks of `block` runs.
 
@@ -72,6 +74,8 @@ def time_alternating(
                 fn()
                 times.append((timer() - start) / 1e6)
             blocks[name].append(np.asarray(times, dtype=np.float64))
+            if on_block is not None:  # between blocks, outside every timed run
+                on_block(todo)
         done += todo
     return {name: Timed(blocks[name], np.asarray(cold[name], dtype=np.float64)) for name in runs}
 
@@ -278,14 +282,19 @@ def measure_latency(
                     "not timed: the other model cannot run this batch size here"
                 )
             continue
-        log(f"timing {backend.name} batch {bs}: {', '.join(runs)}")
-        timed = time_alternating(
-            runs,
-            warmup=warmup,
-            repeats=repeats,
-            block=min(cfg.block, repeats),
-            **({"timer": timer} if timer else {}),
-        )
+        with progress.task(  # the progress line ("timing cpu batch 32 (baseline, compressed)")
+            f"timing {backend.name} batch {bs} ({', '.join(runs)})",
+            total=repeats * len(runs),
+            unit="runs",
+        ) as bar:
+            timed = time_alternating(
+                runs,
+                warmup=warmup,
+                repeats=repeats,
+                block=min(cfg.block, repeats),
+                on_block=bar.advance,
+                **({"timer": timer} if timer else {}),
+            )
         stats, speed = paired(timed, threads, threads_source=source)
         for role, s in stats.items():
             result.stats[role][str(bs)] = s

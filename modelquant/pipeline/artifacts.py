@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from modelquant.errors import UserError
+from modelquant.pipeline import ownership
 
 REPORT_FILES = ("report.json", "report.md", "report.html", "junit.xml")
 """Every report file a run can write: removed first thing, so no stale success outlives a rerun."""
@@ -22,11 +25,23 @@ def process_rank() -> int:
         return 0
 
 
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temp name beside `path` to write to; renamed to `path` when the block ends normally and
+    removed when it does not (an error, Ctrl-C): never a half-written file, never a stray one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temp name in the same folder, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def default_out_dir(name: str, configured: Path | None) -> Path:
@@ -47,7 +62,7 @@ def peek_out_dir(recipe_path: Path, out: Path | None) -> Path | None:
             return Path(configured).absolute()
         if isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
             return default_out_dir(name, None)
-    except (OSError, yaml.YAMLError, AttributeError, UnicodeDecodeError):
+    except (OSError, yaml.YAMLError, AttributeError, UnicodeDecodeError, RecursionError):
         pass
     return None
 
@@ -71,6 +86,14 @@ class Artifacts:
         """True for runs that write no report (analysis): an earlier run's report stays."""
         self.published: dict[str, str] = {}
         """Role (baseline, stage2.quantize, variant.npu, compressed, report.json, ...) -> name."""
+        self.identity: ownership.RecipeIdentity | None = None
+        """The recipe this run is of; with it, `prepare` checks and marks who owns the folder."""
+        self.recipe_hash = ""
+        self.command = "compress"
+        self.take_over = False
+        """--force / --resume: a folder holding another recipe's run is taken over."""
+        self.previous: dict[str, Any] | None = None
+        """The marker an earlier run left in the folder (None: no earlier run)."""
 
     def prepare(self) -> None:
         """Create the output folder; a path that is a file or cannot be written is bad input."""
@@ -78,19 +101,50 @@ class Artifacts:
             return
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UserError(f"output folder {self.out_dir} is a file; give --out a folder")
+        foreign = None
+        if self.identity is not None:
+            foreign = ownership.foreign_marker(
+                self.out_dir, self.identity, force=self.take_over, resume=False
+            )
+            self.previous = ownership.read_marker(self.out_dir)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             probe = self.out_dir / ".modelquant-write-test"
-            probe.write_text("")
-            probe.unlink()
+            try:
+                probe.write_text("")
+            finally:
+                probe.unlink(missing_ok=True)
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise UserError(
                 f"cannot write to output folder {self.out_dir} ({reason}); give --out a folder "
                 "you can write to"
             ) from None
+        if foreign is not None:
+            ownership.remove_published(self.out_dir, foreign)
         if not self.keeps_reports:
             clear_reports(self.out_dir)
+        self._mark()
+
+    def _mark(self) -> None:
+        """Record in the folder which recipe runs there and what it published (with what the
+        same recipe's earlier runs published and is still there)."""
+        if not self.writes or self.identity is None:
+            return
+        earlier: list[str] = []
+        if self.previous is not None and self.identity.same_as(self.previous):
+            earlier = [
+                n
+                for n in self.previous.get("artifacts", [])
+                if isinstance(n, str) and (self.out_dir / n).is_file()
+            ]
+        names = list(dict.fromkeys([*earlier, *self.published.values()]))
+        doc = ownership.marker_doc(self.identity, self.recipe_hash, self.command, names)
+        ownership.write_marker(self.out_dir, doc)
+
+    def finish(self) -> None:
+        """The run wrote its last file: the marker lists everything it published."""
+        self._mark()
 
     def unique(self, name: str, index: int) -> str:
         """`name`, or `name` with the stage index in it when an earlier stage took it."""

@@ -98,10 +98,13 @@ def _plain(value: Any) -> bool:
 
 
 def module_hash(module: torch.nn.Module) -> str:
-    """Hash of a torch module's content: its tensors (names, dtypes, shapes, bytes) and the shape
-    attributes of its layers."""
+    """Hash of a torch module's content: its tensors (names, dtypes, shapes, bytes; in name
+    order) and the shape attributes of its layers."""
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
+    # By name, not registration order: pruning (torch.nn.utils.prune.remove) re-registers a
+    # layer's weight after its bias, and the module rebuilt from the cache has the skeleton's
+    # order; the same tensors must hash the same, or every stage after a cached one reruns.
+    for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
@@ -255,17 +258,22 @@ class StageCache:
         if not self.writes:
             return new
         meta: dict[str, Any] = {"seconds": record.seconds, "details": record.details}
-        if new.onnx_path is not None and new.onnx_path.is_relative_to(work):
-            meta["variants"] = {
-                b: str(p.relative_to(work))
-                for b, p in new.variants.items()
-                if p.is_relative_to(work)
-            }
-        elif new.module is not None:
-            save_module(new.module, work)
-        (work / "details.json").write_text(json.dumps(meta, default=str))
-        shutil.rmtree(entry, ignore_errors=True)
-        os.replace(work, entry)
+        try:
+            if new.onnx_path is not None and new.onnx_path.is_relative_to(work):
+                meta["variants"] = {
+                    b: str(p.relative_to(work))
+                    for b, p in new.variants.items()
+                    if p.is_relative_to(work)
+                }
+            elif new.module is not None:
+                save_module(new.module, work)
+            # details.json last: an entry is whole when it has one (`load` looks for it)
+            (work / "details.json").write_text(json.dumps(meta, default=str))
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(work, entry)
+        except BaseException:  # interrupted while saving: the half-saved entry goes
+            self.abandon(work)
+            raise
         if new.onnx_path is None:
             return new
         return new.replace(

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelquant.errors import StageError, UserError, step
-from modelquant.pipeline import cache
-from modelquant.pipeline.artifacts import Artifacts, default_out_dir
+from modelquant.pipeline import cache, ownership
+from modelquant.pipeline.artifacts import Artifacts, clear_reports, default_out_dir
 from modelquant.pipeline.plan import Plan
 from modelquant.recipe import Recipe
 from modelquant.report.model import Report
@@ -42,12 +42,24 @@ class Pipeline:
         recipe_path: Path,
         out_dir: Path | None = None,
         log: Callable[[str], None] = lambda _: None,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        command: str = "compress",
     ) -> None:
         self.recipe = recipe
         self.recipe_path = recipe_path
         self.base_dirs = (recipe_path.resolve().parent,)
         self.log = log
+        self.resume = resume
+        """Say which stages came from an earlier run (and take over another recipe's folder)."""
         self.artifacts = Artifacts(default_out_dir(recipe.name, out_dir or recipe.output.dir))
+        self.artifacts.identity = ownership.RecipeIdentity.of(recipe_path, recipe.name)
+        self.artifacts.recipe_hash = ownership.recipe_hash(recipe)
+        self.artifacts.command = command
+        self.artifacts.take_over = force or resume
+        self.reused: list[int] = []
+        """Indexes of the stages taken from the cache in this run."""
         self.cache = cache.StageCache(self.artifacts.cache_dir, writes=self.artifacts.writes)
         self.plan = Plan(recipe, self.base_dirs, log)
 
@@ -134,6 +146,8 @@ class Pipeline:
 
         self.check()
         self.artifacts.prepare()
+        if self.resume:
+            self.log(self._resume_line())
         with step("loading the model"):
             loaded = self.plan.model()
             key = model_key(self.recipe.model, list(self.base_dirs))
@@ -149,7 +163,7 @@ class Pipeline:
         last_published = ""
         for i, stage in enumerate(self.stages, 1):
             before = state
-            with step(f"stage {i} {stage.name}"):
+            with step(f"stage {i} {stage.name}"):  # publishing included: Ctrl-C names the stage
                 key = cache.stage_key(
                     key,
                     cache.state_content_hash(state),
@@ -158,15 +172,17 @@ class Pipeline:
                     {r: self.plan.data(r).content_hash() for r in stage.reads()},
                 )
                 state = self._run_stage(i, stage, state, ctx, key)
-            if stage.produces == "onnx" and state.onnx_path is not None:
-                name = self.artifacts.unique(stage.artifact_name(), i)
-                last_published = self.artifacts.publish_onnx(
-                    f"stage{i}.{stage.name}", state.onnx_path, name
-                )
-                for backend, path in state.variants.items():
-                    if before.variants.get(backend) != path:
-                        vname = self.artifacts.unique(stage.variant_name(backend), i)
-                        self.artifacts.publish_onnx(f"variant.{backend}", path, vname)
+                if stage.produces == "onnx" and state.onnx_path is not None:
+                    name = self.artifacts.unique(stage.artifact_name(), i)
+                    last_published = self.artifacts.publish_onnx(
+                        f"stage{i}.{stage.name}", state.onnx_path, name
+                    )
+                    for backend, path in state.variants.items():
+                        if before.variants.get(backend) != path:
+                            vname = self.artifacts.unique(stage.variant_name(backend), i)
+                            self.artifacts.publish_onnx(f"variant.{backend}", path, vname)
+        if self.resume:
+            self.log(self._resumed_line())
         with step("exporting the compressed model"):
             if not state.lineage:
                 self.artifacts.alias("compressed", "baseline")
@@ -185,28 +201,35 @@ class Pipeline:
         hit = self.cache.load(entry, stage, state, ctx)
         if hit is not None:
             cached, meta = hit
-            self.log(f"stage {index} {stage.name}: cached")
+            self.reused.append(index)
+            if self.resume:
+                self.log(f"stage {index} {stage.name}: reused from the earlier run (key {key[:8]})")
+            else:
+                self.log(f"stage {index} {stage.name}: cached")
             record = StageRecord(
                 stage.name, settings, meta["seconds"], meta["details"], cached=True
             )
             return cached.replace(lineage=(*state.lineage, record))
         work = self.cache.begin(entry)
-        stage_ctx = dataclasses.replace(ctx, work_dir=work, details={})
-        self.log(f"stage {index} {stage.name}: running")
-        start = time.perf_counter()
-        try:
-            new = stage.run(state, stage_ctx)
-        except (UserError, StageError):
+        try:  # from here until the entry is in place, any way out removes the work folder
+            stage_ctx = dataclasses.replace(ctx, work_dir=work, details={})
+            self.log(f"stage {index} {stage.name}: running")
+            start = time.perf_counter()
+            try:
+                new = stage.run(state, stage_ctx)
+            except (UserError, StageError):
+                raise
+            except Exception as exc:
+                raise StageError(stage.name, f"{type(exc).__name__}: {exc}") from exc
+            seconds = time.perf_counter() - start
+            record = StageRecord(stage.name, settings, seconds, stage_ctx.details)
+            new = new.replace(lineage=(*state.lineage, record))
+            if stage.produces == "torch":
+                new = new.replace(onnx_path=None)
+            return self.cache.commit(work, entry, new, record)
+        except BaseException:  # errors, and Ctrl-C / SIGTERM: no half-made entry survives
             self.cache.abandon(work)
             raise
-        except Exception as exc:
-            self.cache.abandon(work)
-            raise StageError(stage.name, f"{type(exc).__name__}: {exc}") from exc
-        record = StageRecord(stage.name, settings, time.perf_counter() - start, stage_ctx.details)
-        new = new.replace(lineage=(*state.lineage, record))
-        if stage.produces == "torch":
-            new = new.replace(onnx_path=None)
-        return self.cache.commit(work, entry, new, record)
 
     def write_report(self, report: Report) -> None:
         """Every requested format through its renderer, each atomically; report.json last, so its
@@ -214,10 +237,46 @@ class Pipeline:
         from modelquant.report import file_renderers
 
         renderers = file_renderers()
-        for fmt in [f for f in self.recipe.output.formats if f != "json"] + ["json"]:
-            name, render = renderers[fmt]
-            self.artifacts.write_text(name, name, render(report))
+        try:
+            for fmt in [f for f in self.recipe.output.formats if f != "json"] + ["json"]:
+                name, render = renderers[fmt]
+                self.artifacts.write_text(name, name, render(report))
+        except BaseException:  # interrupted or failed half-way: no report.md without its json
+            if self.artifacts.writes:
+                clear_reports(self.out_dir)
+            raise
         if self.artifacts.writes:  # GitHub Actions: the same Markdown on the run's page
             from modelquant.report.step_summary import append_step_summary
 
             append_step_summary(report)
+        self.artifacts.finish()
+
+    # ------------------------------------------------------------------ resume
+    def _resume_line(self) -> str:
+        """What --resume found in the folder, said before the stages run."""
+        previous, where = self.artifacts.previous, self.out_dir
+        assert self.artifacts.identity is not None
+        if previous is None:
+            if any(self.cache.root.glob("[0-9]*-*")):
+                return f"resume: reusing the finished stages in {where} that match this recipe"
+            return f"resume: nothing to resume in {where} (no earlier run); every stage runs"
+        if not self.artifacts.identity.same_as(previous):
+            return (
+                f"resume: taking {where} over from recipe '{previous.get('recipe')}'; its "
+                "finished stages that match this recipe's are reused"
+            )
+        if previous.get("recipe_sha256") != self.artifacts.recipe_hash:
+            return (
+                f"resume: the recipe changed since the run in {where}; the stages before the "
+                "first changed one are reused, the rest rerun"
+            )
+        return f"resume: continuing the run in {where}"
+
+    def _resumed_line(self) -> str:
+        total = len(self.stages)
+        if not self.reused:
+            return f"resume: no finished stage matched; all {total} stage(s) ran"
+        ran = [i for i in range(1, total + 1) if i not in self.reused]
+        said = ", ".join(str(i) for i in self.reused)
+        rest = f"; ran {', '.join(str(i) for i in ran)}" if ran else ""
+        return f"resume: reused {len(self.reused)} of {total} stage(s) ({said}){rest}"

@@ -108,6 +108,11 @@ class CalibrationReader:
         return self._count
 
     @property
+    def served(self) -> int:
+        """Batches handed out since the last rewind."""
+        return self._served
+
+    @property
     def samples(self) -> int:
         return self._count * self.batch_size
 
@@ -204,6 +209,9 @@ def compute_ranges(
 
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
+    from modelquant import progress
+    from modelquant.pipeline.artifacts import atomic_target
+
     cache = cache_dir / "calibration" / f"{ranges_key(model, reader, calibration)}.json"
     if cache.is_file():
         return cache, True
@@ -213,7 +221,12 @@ def compute_ranges(
         extra["num_quantized_bins"] = 128
         if calibration.method == "percentile":
             extra["percentile"] = calibration.percentile
-    with tempfile.TemporaryDirectory(prefix="mq-calib-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="mq-calib-") as tmp,
+        progress.task(
+            f"calibrating ({calibration.method})", total=len(reader), unit="batches"
+        ) as bar,
+    ):
         calibrator = create_calibrator(
             model,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
@@ -224,12 +237,12 @@ def compute_ranges(
         # them. (min-max's own max_intermediate_outputs drops batches without folding them.)
         for chunk in reader.chunks(calibration.stream_batches):
             calibrator.collect_data(chunk)
+            bar.update(reader.served)
         data = calibrator.compute_data()
         del calibrator
     cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(f".{cache.name}.tmp")
-    save_tensors_data(data, partial)
-    partial.replace(cache)
+    with atomic_target(cache) as partial:  # Ctrl-C while saving leaves no partial file
+        save_tensors_data(data, partial)
     return cache, False
 
 

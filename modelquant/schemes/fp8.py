@@ -182,6 +182,8 @@ def abs_histograms(
     import numpy as np
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
+    from modelquant import progress
+
     with tempfile.TemporaryDirectory(prefix="mq-fp8-calib-") as tmp:
         calibrator = create_calibrator(
             model,
@@ -190,8 +192,10 @@ def abs_histograms(
             extra_options={"symmetric": True, "num_bins": HISTOGRAM_BINS},
         )
         reader.rewind()
-        while (batch := reader.get_next()) is not None:
-            calibrator.collect_data(_Batches([batch]))
+        with progress.task("calibrating (fp8)", total=len(reader), unit="batches") as bar:
+            while (batch := reader.get_next()) is not None:
+                calibrator.collect_data(_Batches([batch]))
+                bar.advance()
         reader.rewind()
         histograms = calibrator.collector.histogram_dict
     out: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
@@ -229,10 +233,11 @@ def activation_scales(
         name: scale_from_histogram(counts, edges, absmax, cfg.scales, cfg.percentile)
         for name, (counts, edges, absmax) in abs_histograms(model, reader).items()
     }
+    from modelquant.pipeline.artifacts import atomic_target
+
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    tmp.write_text(json.dumps(scales, sort_keys=True))
-    tmp.replace(cache)
+    with atomic_target(cache) as tmp:  # Ctrl-C while saving leaves no partial file
+        tmp.write_text(json.dumps(scales, sort_keys=True))
     return scales, cache, False
 
 

@@ -4,7 +4,6 @@ the report (`details.layers`, worst first); the model passes through unchanged."
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,8 +15,6 @@ from modelquant.stages.base import Stage, StageConfig, StageContext, register_st
 from modelquant.stages.quantize import QuantizeConfig
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from modelquant.recipe import Recipe
     from modelquant.sensitivity import Sensitivity
     from modelquant.state import ModelState
@@ -42,29 +39,13 @@ class AnalyzeConfig(StageConfig):
 
 
 @contextlib.contextmanager
-def progress_bar(console: Console | None = None, enabled: bool | None = None) -> Iterator[Progress]:
-    """A transient rich progress bar on stderr, as a `Progress` callback; shown only on a
-    terminal unless `enabled` says otherwise."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+def progress_bar() -> Iterator[Progress]:
+    """The per-layer analysis as a task of the current progress reporter (`modelquant.progress`),
+    as a `sensitivity.Progress` callback."""
+    from modelquant import progress
 
-    console = console or Console(stderr=True)
-    show = console.is_terminal if enabled is None else enabled
-    with Progress(
-        TextColumn("[dim]analyze"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("[dim]{task.description}"),
-        console=console,
-        transient=True,
-        disable=not show,
-    ) as bar:
-        task = bar.add_task("", total=None)
-
-        def update(done: int, total: int, what: str) -> None:
-            bar.update(task, completed=done, total=total, description=what)
-
-        yield update
+    with progress.task("analyze", unit="steps") as task:
+        yield task.update
 
 
 @register_stage("analyze")
@@ -107,7 +88,7 @@ class Analyze(Stage):
         with contextlib.ExitStack() as stack:
             progress = self.progress
             if progress is None:
-                progress = stack.enter_context(progress_bar(enabled=sys.stderr.isatty()))
+                progress = stack.enter_context(progress_bar())
             found = analyze(
                 state.onnx_path,
                 cfg.quantize,

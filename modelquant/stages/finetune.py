@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -79,8 +78,8 @@ def finetune(
 ) -> dict[str, Any]:
     """Train `model` (and `extra_params`, e.g. feature projections) in place; the loss summary."""
     import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn
+
+    from modelquant import progress
 
     data = train_data(ctx)
     names = data.input_names
@@ -98,22 +97,13 @@ def finetune(
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch_losses: list[float] = []
     steps_per_epoch = -(-len(ys) // cfg.batch_size)
-    console = Console(stderr=True)
     with (
         deterministic(ctx.seed),
-        Progress(
-            TextColumn("[dim]{task.description}"),
-            BarColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            console=console,
-            transient=True,
-            disable=not sys.stderr.isatty(),
-        ) as progress,
+        progress.task(label, total=cfg.epochs * steps_per_epoch, unit="steps") as bar,
     ):
-        task = progress.add_task(label, total=cfg.epochs * steps_per_epoch, loss="-")
         order_rng = torch.Generator().manual_seed(ctx.seed)
         model.train()
-        for _ in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
             order = torch.randperm(len(ys), generator=order_rng)
             total = 0.0
             for start in range(0, len(ys), cfg.batch_size):
@@ -124,8 +114,9 @@ def finetune(
                 opt.step()
                 value = float(loss.detach())
                 total += value * len(idx)
-                progress.update(task, advance=1, loss=f"{value:.4f}")
+                bar.advance(info=f"loss {value:.4f}")
             epoch_losses.append(total / len(ys))
+            bar.note(f"epoch {epoch + 1}/{cfg.epochs}, loss {epoch_losses[-1]:.4f}")
         model.eval()
     return {
         "epochs": cfg.epochs,
