@@ -260,6 +260,9 @@ def measure_latency(
     "compressed" also get the speedup of the second over the first. When several models are
     given and one cannot run a batch size (a fixed batch), none is timed there: one model alone
     gives no comparison, and on an emulator it would cost minutes.
+
+    Each batch size is a `progress` task (its start line, `timing cpu batch 32 (baseline,
+    compressed)`, is the progress line); `log` is kept for callers and no longer used.
     """
     threads, source = effective_threads(cfg.threads)
     result = Latency(stats={role: {} for role in models}, untimed={role: {} for role in models})
