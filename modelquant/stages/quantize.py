@@ -81,12 +81,9 @@ class OverrideRule(BaseModel):
     @field_validator("match")
     @classmethod
     def _valid_regex(cls, value: str) -> str:
-        if value.startswith("re:"):
-            try:
-                re.compile(value[3:])
-            except re.error as exc:
-                raise ValueError(f"'{value}' is not a valid regular expression: {exc}") from exc
-        return value
+        from modelquant.layer_rules import check_rule
+
+        return check_rule(value)
 
     @model_validator(mode="after")
     def _settings_need_a_quantized_precision(self) -> OverrideRule:
