@@ -48,22 +48,34 @@ def default_out_dir(name: str, configured: Path | None) -> Path:
     return (configured or Path("runs") / name).absolute()
 
 
+def peek_recipe(recipe_path: Path) -> dict[str, Any] | None:
+    """The recipe file's document read leniently, before it is validated: None where it cannot be
+    read or is no mapping (its own error, raised when the recipe is loaded, says why)."""
+    try:
+        raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
 def peek_out_dir(recipe_path: Path, out: Path | None) -> Path | None:
     """The output folder a run of this recipe file would use, read leniently before the recipe is
     validated (so that even a run that fails on a bad recipe removes the old report)."""
     if out is not None:
         return out.absolute()
-    try:
-        raw: Any = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
-        output = raw.get("output") or {}
-        configured = output.get("dir") if isinstance(output, dict) else None
-        name = raw.get("name")
-        if configured:
+    raw = peek_recipe(recipe_path)
+    if raw is None:
+        return None
+    output = raw.get("output") or {}
+    configured = output.get("dir") if isinstance(output, dict) else None
+    name = raw.get("name")
+    if configured:
+        try:
             return Path(configured).absolute()
-        if isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
-            return default_out_dir(name, None)
-    except (OSError, yaml.YAMLError, AttributeError, UnicodeDecodeError, RecursionError):
-        pass
+        except TypeError:  # `dir: 3`: the recipe's validation says so
+            return None
+    if isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
+        return default_out_dir(name, None)
     return None
 
 

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from modelquant.errors import UserError
 
 if TYPE_CHECKING:
@@ -51,13 +49,10 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def peek_identity(recipe_path: Path) -> RecipeIdentity:
     """The identity of a recipe file read leniently, before it is validated."""
-    name = None
-    try:
-        raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
-        if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"]:
-            name = raw["name"]
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError):
-        pass
+    from modelquant.pipeline.artifacts import peek_recipe
+
+    raw = peek_recipe(recipe_path) or {}
+    name = raw.get("name") if isinstance(raw.get("name"), str) and raw["name"] else None
     return RecipeIdentity.of(recipe_path, name)
 
 

@@ -164,12 +164,7 @@ def quantize(
     else:
         blocked = sorted(set(plan.kept_float))
     if cfg.compute == "float32":
-        chosen = (
-            set(plan.only) - set(plan.kept_float)
-            if plan.only is not None
-            else {n.name for n in nodes} - set(plan.kept_float)
-        )
-        stored = store_weights_half(model, chosen)
+        stored = store_weights_half(model, {n.name for n in nodes} - set(blocked))
         onnx.save_model(model, str(out))
         return {"compute": "float32", "weights_fp16": len(stored), "casts": len(stored)}
     unnamed = [n for n in nodes if not n.name]
