@@ -38,7 +38,7 @@ def tiny_recipe_dict(checkpoint: Path, **changes: Any) -> dict[str, Any]:
         },
         "stages": [
             {"export": {"opset": 17}},
-            {"quantize": {"precision": "int8"}},
+            {"quantize": {"precision": "int8", "mode": "static"}},
         ],
         "evaluate": {
             "backends": ["cpu"],

@@ -15,6 +15,7 @@ when it failed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -184,6 +185,9 @@ def stage_key(
         ctx.seed,
         data_hashes,
         list(ctx.targets) if stage.uses_targets else None,
+        [dataclasses.asdict(ctx.timing), ctx.budget and dataclasses.asdict(ctx.budget)]
+        if stage.searches()
+        else None,
         library_versions(),
         __version__,
     )

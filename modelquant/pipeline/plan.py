@@ -11,6 +11,7 @@ from modelquant.data import Dataset, load_dataset
 from modelquant.errors import UserError
 from modelquant.recipe import DataSpec, Recipe
 from modelquant.stages import Stage, registered_stages
+from modelquant.stages.base import Budget, Timing
 from modelquant.state import ModelState
 
 DATA_ROLES = ("train", "calibration", "validation", "evaluation")
@@ -41,6 +42,29 @@ class Plan:
         if self._model is None:
             self._model = load_model(self.recipe.model, list(self.base_dirs))
         return self._model
+
+    def timing(self) -> Timing:
+        """How the run times models, for stages that time candidates (`Stage.searches`)."""
+        from modelquant.environment import cpu_description
+
+        ev = self.recipe.evaluate
+        cpu, flags = cpu_description()
+        return Timing(
+            batch_sizes=tuple(ev.batch_sizes),
+            threads=ev.threads,
+            block=ev.block,
+            cpu=cpu,
+            cpu_flags=tuple(flags),
+        )
+
+    def budget(self) -> Budget | None:
+        """The metric drop the recipe's gates allow, for stages that choose by accuracy."""
+        g = self.recipe.gates
+        if g.max_accuracy_drop is not None:
+            return Budget(g.max_accuracy_drop, "gates.max_accuracy_drop")
+        if g.min_cosine is not None:
+            return Budget(1.0 - g.min_cosine, "gates.min_cosine")
+        return None
 
     # ------------------------------------------------------------------ data
     def data_spec(self, role: str) -> DataSpec | None:

@@ -129,6 +129,8 @@ class Pipeline:
             cache_dir=self.cache.scratch,
             log=self.log,
             task=self.recipe.metric_task,
+            timing=self.plan.timing(),
+            budget=self.plan.budget(),
         )
 
     # ------------------------------------------------------------------ run

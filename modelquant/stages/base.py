@@ -20,6 +20,29 @@ if TYPE_CHECKING:
 ModelForm = Literal["torch", "onnx", "any"]
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How the run times models (the recipe's `evaluate`), for a stage that times candidates:
+    the CPU batch sizes and intra-op threads, and the CPU they run on (a choice made by timing
+    on one CPU says nothing of another, so the CPU is part of such a stage's key)."""
+
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    block: int = 20
+    cpu: str = ""
+    cpu_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The largest metric drop the recipe's gates allow (`gates.max_accuracy_drop`, or 1 -
+    `gates.min_cosine` for embeddings), and which gate says so; for a stage that chooses among
+    candidates by accuracy."""
+
+    drop: float
+    source: str
+
+
 class StageConfig(BaseModel):
     """Base of every stage's settings: unknown keys are errors, and so are NaN and infinity."""
 
@@ -54,6 +77,10 @@ class StageContext:
     log: Callable[[str], None] = print
     task: str = "classification"
     """The recipe's metric task (`tasks.get_task`): what a stage that scores a model measures."""
+    timing: Timing = field(default_factory=Timing)
+    """How the run times models; part of the key of stages that time (`Stage.searches`)."""
+    budget: Budget | None = None
+    """The drop the recipe's gates allow; part of the key of stages that search."""
 
 
 class Stage(ABC):
@@ -93,6 +120,11 @@ class Stage(ABC):
     def reads(self) -> tuple[str, ...]:
         """The data roles this stage reads with its settings (default: `data_roles`)."""
         return self.data_roles
+
+    def searches(self) -> bool:
+        """Whether, with these settings, the stage chooses by timing and by the gates' budget
+        (`StageContext.timing`, `StageContext.budget`; then both are in its key). Default: no."""
+        return False
 
     def bind(self, later: Sequence[Stage]) -> None:
         """Called once the plan is built, with the stages that run after this one (an analysis

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from modelquant.errors import StageError, UserError
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
-from modelquant.state import ModelState, export_state, torch_forward
+from modelquant.state import ModelState, export_state, fold_batchnorm, opset_note, torch_forward
 
 DEFAULT_ATOL = 1e-4
 HF_ATOL = 1e-3
@@ -20,8 +20,15 @@ class ExportConfig(StageConfig):
         None,
         ge=13,
         le=21,
-        description="ONNX opset to export with (default: 17; an hf model: optimum's choice for "
-        "its type).",
+        description="ONNX opset to export with (default: 17, or 20 for a model with GELU, so that "
+        "it is one Gelu op, when the installed onnxruntime runs it; an hf model: optimum's "
+        "choice for its type).",
+    )
+    fold_batchnorm: bool = Field(
+        True,
+        description="Fold each BatchNorm that directly follows a Conv or Linear into its "
+        "weights before exporting (torch.fx and torch's fuse_conv_bn_eval / "
+        "fuse_linear_bn_eval); the report names the folded layers.",
     )
     dynamic_batch: bool = Field(True, description="Leave the batch dimension free ('batch').")
     batch_size: int = Field(
@@ -65,9 +72,14 @@ class Export(Stage):
         data = ctx.data("evaluation").take(cfg.check_samples)
         batch = cfg.batch_size if not cfg.dynamic_batch else min(32, len(data))
         path = ctx.work_dir / "model.onnx"
+        folded: list[str] = []
+        exported = state
+        if cfg.fold_batchnorm and state.hf is None:
+            module, folded = fold_batchnorm(state.module)
+            exported = state.replace(module=module)
         try:
             exporter = export_state(
-                state,
+                exported,
                 data.sample_batch(batch),
                 path,
                 opset=cfg.opset,
@@ -90,6 +102,8 @@ class Export(Stage):
         ctx.details.update(
             exporter=exporter,
             opset=onnx_file.opset(path),
+            opset_reason=opset_note(path, cfg.opset) if state.hf is None else "optimum's choice",
+            batchnorm_folded=folded,
             dynamic_batch=cfg.dynamic_batch,
             max_abs_diff=worst,
             atol=atol,

@@ -36,6 +36,7 @@ from modelquant.schemes.fp8 import Fp8Config
 from modelquant.schemes.fp16 import Fp16Config
 from modelquant.schemes.int4 import Int4Config
 from modelquant.schemes.int8_static import Int8StaticConfig
+from modelquant.stages.auto import AutoConfig
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.stages.fallback import FallbackConfig
 from modelquant.state import ModelState
@@ -132,8 +133,19 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
     precision: str = Field(
         "int8", description="Target precision: a registered one (int8, fp8; fp32 keeps float)."
     )
-    mode: Literal["static", "dynamic"] = Field(
-        "static", description="static: calibrated activation ranges; dynamic: ranges at run time."
+    mode: Literal["static", "dynamic", "auto"] | None = Field(
+        None,
+        description="static: calibrated activation ranges; dynamic: ranges at run time; auto: "
+        "build a few int8 schemes (static QDQ and QOperator, dynamic, per-channel or per-tensor, "
+        "uint8/int8 activations, the op set), score each on data.validation, time each against "
+        "the float model at evaluate.batch_sizes, keep the fastest within the accuracy budget. "
+        "Default: auto for precision int8 when the stage pins no scheme setting (format, "
+        "activations, calibration, op_types, ..., accuracy_budget or an int8 layer rule), "
+        "else static.",
+    )
+    auto: AutoConfig = Field(
+        default_factory=AutoConfig,
+        description="How mode auto searches (its candidates, timed runs).",
     )
     preprocess: bool = Field(
         True, description="Run onnxruntime's quant_pre_process (graph optimization) first."
@@ -165,7 +177,14 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
 
     @model_validator(mode="after")
     def _scheme_takes_its_settings(self) -> QuantizeConfig:
-        scheme = scheme_for(self.precision, self.mode)
+        if self.mode is None:
+            # Set without marking it as the recipe's: `model_fields_set` stays what was written.
+            object.__setattr__(self, "mode", "auto" if self._may_search() else "static")
+        if self.mode == "auto":
+            self._check_auto()
+        elif "auto" in self.model_fields_set:
+            raise ValueError("auto: settings of mode auto; set `mode: auto` or drop them")
+        scheme = self.scheme()
         flat = self.model_fields_set & SCHEME_KEYS
         if scheme.precision in SECTION_KEYS and flat:
             raise ValueError(
@@ -194,7 +213,7 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
                 f"{', '.join(sorted(fallback_keys))} without accuracy_budget does nothing; set "
                 "`accuracy_budget: 0.005` (the largest drop allowed on data.validation)"
             )
-        if self.accuracy_budget is not None and (scheme.name != "int8_static"):
+        if self.accuracy_budget is not None and scheme.name != "int8_static":
             raise ValueError(
                 f"accuracy_budget works with static int8 (precision: int8, mode: static), whose "
                 f"Q/DQ layers the fallback ranks and moves; scheme '{scheme.name}' has no "
@@ -209,9 +228,57 @@ class QuantizeConfig(Int8StaticConfig, FallbackConfig, StageConfig):
             )
         return self
 
+    def _may_search(self) -> bool:
+        """Whether `mode: auto` is the default: precision int8, and nothing in the stage pins one
+        scheme (a scheme setting, a fallback budget, an int8 rule or a rule's int8 settings)."""
+        if self.precision != "int8":
+            return False
+        pinned = self.model_fields_set & (SCHEME_KEYS | set(FallbackConfig.model_fields))
+        ruled = any(
+            r.settings().precision == "int8" or r.model_fields_set - {"match", "precision"}
+            for r in self.overrides
+        )
+        return not pinned and not ruled
+
+    def _check_auto(self) -> None:
+        if self.precision != "int8":
+            raise ValueError(
+                f"mode auto searches int8 schemes; precision {self.precision} has none to choose "
+                "from: set `precision: int8`, or drop `mode: auto`"
+            )
+        fallback_keys = sorted(self.model_fields_set & {"fallback", "max_rounds"})
+        if fallback_keys:
+            raise ValueError(
+                f"{', '.join(fallback_keys)}: fallback rounds run on one pinned scheme; with mode "
+                "auto, accuracy_budget is the budget candidates must meet. Set `mode: static` "
+                "for fallback rounds"
+            )
+        int8_rules = [r.match for r in self.overrides if r.settings().precision == "int8"]
+        if int8_rules:
+            raise ValueError(
+                f"mode auto chooses the int8 scheme itself; the int8 rule(s) {int8_rules} pin "
+                "static settings: set `mode: static`, or keep those layers in fp32/fp16"
+            )
+
+    @property
+    def searches(self) -> bool:
+        """`mode: auto`: the stage chooses its scheme by measuring candidates."""
+        return self.mode == "auto"
+
     def scheme(self, precision: str | None = None) -> Scheme[Any]:
-        """The registered scheme these settings pick (for `precision`, default the stage's)."""
-        return scheme_for(precision or self.precision, self.mode)
+        """The registered scheme these settings pick (for `precision`, default the stage's);
+        `mode: auto` checks its settings as static int8, the fixed default among its candidates."""
+        return scheme_for(precision or self.precision, "static" if self.searches else self.mode)
+
+    def candidate(self, settings: dict[str, Any]) -> QuantizeConfig:
+        """One auto candidate: these settings with `settings` (mode, scheme settings), validated."""
+        drop = SCHEME_KEYS | {"mode", "auto", "accuracy_budget"}
+        doc = {k: v for k, v in self.model_dump(exclude_unset=True).items() if k not in drop}
+        return QuantizeConfig.model_validate({**doc, **settings})
+
+    def pinned(self) -> dict[str, Any]:
+        """The scheme settings the recipe gives (with `mode: auto`, every candidate takes them)."""
+        return {k: getattr(self, k) for k in sorted(self.model_fields_set & SCHEME_KEYS)}
 
     def scheme_config(self, scheme: Scheme[Any] | None = None) -> Any:
         """A scheme's config: its own section of the stage (`fp8: {...}`) where the stage has one,
@@ -232,7 +299,7 @@ SECTION_KEYS = frozenset(
 """Precisions whose settings live in their own section of the stage (`fp8: {...}`): the fields
 that hold a scheme's config."""
 STAGE_KEYS = (
-    frozenset({"precision", "mode", "preprocess", "overrides", "npu"})
+    frozenset({"precision", "mode", "auto", "preprocess", "overrides", "npu"})
     | SECTION_KEYS
     | frozenset(FallbackConfig.model_fields)
 )
@@ -480,11 +547,15 @@ class Quantize(Stage):
             p not in DYNAMIC_PRECISIONS
             for p in [cfg.precision, *(r.precision for r in cfg.overrides)]
         )
-        roles = self.data_roles if calibrates else ()
-        # Fallback rounds score on the validation data, so its contents are in the key.
-        if cfg.accuracy_budget is not None:
+        roles = self.data_roles if calibrates or cfg.searches else ()
+        # Fallback rounds and auto candidates score on the validation data: its contents are in
+        # the key.
+        if cfg.accuracy_budget is not None or cfg.searches:
             return (*roles, "validation")
         return roles
+
+    def searches(self) -> bool:
+        return self.config.searches
 
     def run(self, state: ModelState, ctx: StageContext) -> ModelState:
         assert state.onnx_path is not None
@@ -495,7 +566,9 @@ class Quantize(Stage):
         with quiet_quantizer():
             source = self._preprocess(state.onnx_path, ctx) if cfg.preprocess else state.onnx_path
             chosen = resolve_rules(source, cfg.overrides, "graph being quantized")
-        if cfg.accuracy_budget is None:
+        if cfg.searches:
+            said, final, kept = self._auto(state.onnx_path, source, chosen, out, ctx)
+        elif cfg.accuracy_budget is None:
             said, final, kept = self._quantize_map(source, chosen, out, ctx)
         else:
             said, final, kept = self._fallback(source, chosen, out, ctx)
@@ -515,23 +588,135 @@ class Quantize(Stage):
         return state.replace(onnx_path=out, variants=variants)
 
     def _quantize_map(
-        self, source: Path, chosen: dict[str, LayerSettings], out: Path, ctx: StageContext
+        self,
+        source: Path,
+        chosen: dict[str, LayerSettings],
+        out: Path,
+        ctx: StageContext,
+        cfg: QuantizeConfig | None = None,
     ) -> tuple[dict[str, Any], dict[str, LayerSettings], list[str]]:
         """Quantize `source` under one precision map into `out`, checked and verified; what the
-        schemes said, the map and the nodes kept in float."""
+        schemes said, the map and the nodes kept in float. `cfg`: other settings than the
+        stage's (an auto candidate)."""
         from modelquant.models import onnx_file
 
+        cfg = cfg or self.config
         try:
             with quiet_quantizer():
-                passes, kept = plan_passes(self.config, chosen, _node_names(source))
+                passes, kept = plan_passes(cfg, chosen, _node_names(source))
                 said = self._run_passes(source, out, passes, ctx)
         except (UserError, StageError):
             raise
         except Exception as exc:
             raise StageError("quantize", f"onnxruntime.quantization failed: {exc}") from exc
         onnx_file.check(out)
-        verify_precisions(source, out, chosen, set(kept), self.config.mode)
+        verify_precisions(source, out, chosen, set(kept), str(cfg.mode))
         return said, chosen, kept
+
+    def _auto(
+        self,
+        float_path: Path,
+        source: Path,
+        chosen: dict[str, LayerSettings],
+        out: Path,
+        ctx: StageContext,
+    ) -> tuple[dict[str, Any], dict[str, LayerSettings], list[str]]:
+        """`mode: auto`: each candidate quantized, scored on the validation data and timed
+        against the float model (`float_path`, the stage's input) at the run's batch sizes; the
+        winner (`auto.choose`) is kept, and every candidate goes to the report."""
+        from modelquant.backends import get_backend
+        from modelquant.evaluator import model_outputs, score
+        from modelquant.models import onnx_file
+        from modelquant.report.rows import fmt_metric
+        from modelquant.stages import auto
+        from modelquant.tasks import get_task
+
+        cfg = self.config
+        if cfg.accuracy_budget is not None:
+            budget, budget_from = cfg.accuracy_budget, "quantize.accuracy_budget"
+        elif ctx.budget is not None:
+            budget, budget_from = ctx.budget.drop, ctx.budget.source
+        else:
+            budget, budget_from = auto.DEFAULT_BUDGET, "default (no gate names one)"
+        data = ctx.data("validation")
+        task = get_task(ctx.task)
+        float_outputs = model_outputs(source, data, get_backend("cpu"), task=task)
+        reference = float_outputs if task.needs_reference else None
+        float_metric = task.score(float_outputs, data.labels, reference)
+        float_size = onnx_file.size_bytes(float_path)
+        candidates: list[auto.Candidate] = []
+        results: dict[str, tuple[dict[str, Any], dict[str, LayerSettings], list[str]]] = {}
+        for name, settings in auto.candidate_settings(cfg.auto.candidates, cfg.pinned()):
+            shown = {
+                k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+                for k, v in settings.items()
+            }
+            c = auto.Candidate(name, shown)
+            candidates.append(c)
+            target = ctx.work_dir / f"candidate.{name}.onnx"
+            try:
+                results[name] = self._quantize_map(
+                    source, chosen, target, ctx, cfg.candidate(settings)
+                )
+            except (UserError, StageError, ValueError) as exc:  # a scheme this graph defeats
+                c.error = str(exc).splitlines()[0][:300]
+                ctx.log(f"quantize auto: {name} failed: {c.error}")
+                continue
+            c.path = target
+            c.metric = score(target, data, task=task, reference=reference)
+            c.drop = float_metric - c.metric
+            c.size_ratio = onnx_file.size_bytes(target) / float_size
+            ctx.log(
+                f"quantize auto: {name} validation {fmt_metric(task.metric.name, c.metric)} "
+                f"(drop {c.drop * 100:.2f} pt), size {c.size_ratio:.3f}x"
+            )
+        float_ms: dict[str, float] = {}
+        untimed = auto.time_candidates(
+            float_path,
+            candidates,
+            ctx.timing.batch_sizes,
+            ctx.timing.threads,
+            lambda bs: data.sample_batch(bs),
+            cfg.auto,
+            ctx.timing.block,
+            float_ms,
+        )
+        try:
+            winner, reason = auto.choose(candidates, budget)
+        except ValueError:
+            errors = "; ".join(f"{c.name}: {c.error}" for c in candidates)
+            raise StageError(
+                "quantize", f"mode auto: no candidate could be built ({errors})"
+            ) from None
+        assert winner.path is not None
+        ctx.log(f"quantize auto: kept {winner.name}: {reason}")
+        onnx_file.copy(winner.path, out)
+        for c in candidates:
+            if c.path is not None:
+                onnx_file.remove(c.path)
+        said, final, kept = results[winner.name]
+        winner_cfg = cfg.candidate(winner.settings)
+        said = {
+            **said,
+            "scheme": winner_cfg.scheme().name,
+            "auto": {
+                "budget": budget,
+                "budget_from": budget_from,
+                "metric": task.metric.name,
+                "float_metric": float_metric,
+                "batch_sizes": list(ctx.timing.batch_sizes),
+                "threads": ctx.timing.threads,
+                "cpu_flags": list(ctx.timing.cpu_flags),
+                "float_latency_ms": float_ms,
+                "untimed": untimed,
+                "candidates": [c.details(budget) for c in candidates],
+                "winner": winner.name,
+                "winner_mode": winner_cfg.mode,
+                "reason": reason,
+                "fixed_default": auto.FIXED_DEFAULT,
+            },
+        }
+        return said, final, kept
 
     def _fallback(
         self, source: Path, chosen: dict[str, LayerSettings], out: Path, ctx: StageContext
@@ -706,7 +891,7 @@ class Quantize(Stage):
             except Exception as exc:
                 raise StageError("quantize", f"QNN variant quantization failed: {exc}") from exc
             onnx_file.check(out)
-            verify_precisions(prepared, out, chosen, set(kept), cfg.mode)
+            verify_precisions(prepared, out, chosen, set(kept), "static")
         ctx.details["npu_variant"] = {
             "activations": npu.activations,
             "weights": npu.weights,

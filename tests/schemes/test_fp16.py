@@ -75,7 +75,11 @@ def test_int8_body_with_an_fp16_head(tmp_path: Path, match: str) -> None:
     """The digits CNN: static int8 QDQ everywhere but the last Gemm, which is fp16. The Q/DQ
     nodes and the int8 layers stay exactly as the int8 pass wrote them."""
     report = compress(
-        tmp_path, Path("unused"), CNN, overrides=[{"match": match, "precision": "fp16"}]
+        tmp_path,
+        Path("unused"),
+        CNN,
+        mode="static",
+        overrides=[{"match": match, "precision": "fp16"}],
     )
     g = graph(tmp_path, report)  # checker passes, the CPU EP loads it
     types = weight_types(g)

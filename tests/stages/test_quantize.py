@@ -26,8 +26,8 @@ def quantize(checkpoint: Path, out: Path, **settings: object):  # type: ignore[n
     return run_recipe(checkpoint, out, stages=stages, evaluate=EVAL)
 
 
-def test_static_qdq_default(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    report, _ = quantize(tiny_checkpoint, tmp_path)
+def test_static_qdq(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    report, _ = quantize(tiny_checkpoint, tmp_path, mode="static")
     path = tmp_path / "model.int8.onnx"
     onnx.checker.check_model(str(path))
     ort.InferenceSession(str(path))
@@ -217,7 +217,7 @@ def test_npu_variant_resolves_rules_on_its_own_graph(tmp_path: Path) -> None:
         tiny_recipe_dict(
             Path("unused"),
             model=MIXER,
-            stages=[{"export": {}}, {"quantize": {"overrides": rules}}],
+            stages=[{"export": {"opset": 17}}, {"quantize": {"overrides": rules}}],
             evaluate={**EVAL, "backends": ["cpu", "npu"]},
         )
     )
