@@ -4,7 +4,7 @@ batch 1 and a large batch, with the CPU's flags.
     PYTHONPATH=. python benchmarks/auto_mode.py [--models digits,mlp,minilm] [--repeats 400]
 
 Models: the digits CNN (recipes/digits-int8.yaml), the tabular MLP with BatchNorm and GELU
-(recipes/tabular-mlp-int8.yaml) and the packaged all-MiniLM-L6-v2 (recipes/minilm-int8-dynamic.yaml,
+(recipes/tabular-mlp-int8.yaml) and the packaged all-MiniLM-L6-v2 (recipes/minilm-int8-static.yaml,
 needs the `hf` extra). Variants of each, built by modelquant's own pipeline from the bundled recipe:
 
 - `old default`: what a bare int8 stage did before graph preparation: export at opset 17 without
@@ -34,7 +34,7 @@ RECIPES = ROOT / "modelquant" / "recipes"
 MODELS = {
     "digits": ("digits-int8.yaml", 32),
     "mlp": ("tabular-mlp-int8.yaml", 64),
-    "minilm": ("minilm-int8-dynamic.yaml", 8),
+    "minilm": ("minilm-int8-static.yaml", 8),
 }
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "old default": (

@@ -106,6 +106,7 @@ def test_the_fastest_within_the_budget_wins_and_never_slower_comes_first() -> No
     candidates = [
         _cand("static", 0.0, b1=0.8, b64=1.7),
         _cand("dynamic", 0.0, b1=1.1, b64=1.9),
+        _cand("dynamic-per-tensor", 0.0, b1=1.05, b64=1.2),  # never slower, but slower than dynamic
         _cand("static-s8", 0.0, b1=0.6, b64=3.5),  # faster on average, slower at batch 1
         _cand("qoperator", 0.03, b1=2.0, b64=3.0),  # fastest, out of budget
     ]
