@@ -403,8 +403,9 @@ def compress(
                 from modelquant.report.console import render_console
 
                 render_console(report, out)
-        for line in report.warnings:  # also with --quiet and --json (on stderr)
-            _say(f"[yellow]warning:[/] {escape(line)}")
+        if not (quiet or as_json):  # either way report.json carries them
+            for line in report.warnings:
+                _say(f"[yellow]warning:[/] {escape(line)}")
         failed = [g for g in report.gates if not g.passed]
         if failed:
             names = "; ".join(f"{g.name} ({g.detail or g.value})" for g in failed)  # _fail escapes

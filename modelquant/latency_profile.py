@@ -564,17 +564,20 @@ def _few_channel_causes(
             f"kernel wants {want}), so it runs as im2col + an 8-bit GEMM over "
             f"{conv.channels * conv.kernel} values: {_us(comp_us)} per run"
         )
+        weight = f"{_pct(share)} of the time"
         if matched:
             base_us = base_convs[k][2]
-            if comp_us <= base_us or share < MIN_SHARE:
-                continue  # no slower than in float, or too small to matter: not a cause
+            lost = (comp_us - base_us) / total
+            if lost < MIN_SHARE:
+                continue  # what float would win back is too small to be a cause
             text += f" vs {_us(base_us)} in float"
+            weight += f", {_pct(lost)} lost"
         elif share < 2 * MIN_SHARE:
             continue  # not compared with float: named only when it weighs
         causes.append(
             Cause(
                 kind="few_input_channels",
-                text=f"{text} ({_pct(share)} of the time)",
+                text=f"{text} ({weight})",
                 share=share,
                 advice=(
                     "keep that convolution in float (overrides: "

@@ -273,9 +273,9 @@ def auto_tables(report: Report) -> list[AutoTable]:
                         label,
                         settings,
                         f"failed: {c['error']}",
-                        "",
-                        "",
-                        *([""] * len(batch_sizes)),
+                        "n/a",
+                        "n/a",
+                        *(["not timed"] * len(batch_sizes)),
                         "no",
                     ]
                 )
