@@ -486,8 +486,8 @@ def analyze(
     evaluate.threads); latency.json in the output folder. Works on any recipe that gives an
     ONNX model.
 
-    Exit codes: 0 done, 2 bad input (e.g. a recipe without a quantize stage), 3 a stage failed
-    or an unexpected error.
+    Exit codes: 0 done, 2 bad input (e.g. the sensitivity of a recipe without a quantize stage),
+    3 a stage failed or an unexpected error.
     """
     if latency:
         _run_guarded(
