@@ -403,6 +403,9 @@ def compress(
                 from modelquant.report.console import render_console
 
                 render_console(report, out)
+        if not (quiet or as_json):  # either way report.json carries them
+            for line in report.warnings:
+                _say(f"[yellow]warning:[/] {escape(line)}")
         failed = [g for g in report.gates if not g.passed]
         if failed:
             names = "; ".join(f"{g.name} ({g.detail or g.value})" for g in failed)  # _fail escapes
@@ -452,7 +455,19 @@ def analyze(
             "--samples", help="Calibration samples whose activations are compared (in memory)."
         ),
     ] = 64,
-    as_json: Annotated[bool, typer.Option("--json", help="Print sensitivity JSON.")] = False,
+    latency: Annotated[
+        bool,
+        typer.Option(
+            "--latency",
+            help="Instead of the sensitivity: run the recipe's stages as compress does, time and "
+            "profile baseline and compressed on the CPU at evaluate.batch_sizes, print time per "
+            "op type, the top nodes, the known causes of a slowdown and one line of advice; "
+            "write latency.json.",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print sensitivity JSON (latency JSON with --latency).")
+    ] = False,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -465,9 +480,33 @@ def analyze(
     qdq_loss_debug; with --accuracy, top-1 with only that layer quantized. Runs the stages before
     quantize (cached like compress, same output folder), then the stage's own quantization.
 
-    Exit codes: 0 done, 2 bad input (e.g. a recipe without a quantize stage), 3 a stage failed
-    or an unexpected error.
+    With --latency, only the latency analysis runs (no sensitivity): the recipe's own stages
+    (cached like compress, same output folder), then baseline and compressed timed alternated in
+    blocks and profiled with onnxruntime's profiler on the CPU (evaluate.batch_sizes,
+    evaluate.threads); latency.json in the output folder. Works on any recipe that gives an
+    ONNX model.
+
+    Exit codes: 0 done, 2 bad input (e.g. the sensitivity of a recipe without a quantize stage),
+    3 a stage failed or an unexpected error.
     """
+    if latency:
+        _run_guarded(
+            lambda: _analyze_latency(
+                recipe,
+                out_dir,
+                overrides,
+                as_json=as_json,
+                accuracy=accuracy,
+                quiet=quiet,
+                resume=resume,
+                force=force,
+            ),
+            debug,
+            quiet=quiet or as_json,
+            log_file=log_file,
+            resume_hint=True,
+        )
+        return
 
     def work() -> None:
         from modelquant.pipeline import Pipeline, ownership
@@ -514,6 +553,90 @@ def analyze(
         _say(f"[green]done[/]: {len(doc.layers)} layers. Sensitivity: {escape(str(target))}")
 
     _run_guarded(work, debug, quiet=quiet or as_json, log_file=log_file, resume_hint=True)
+
+
+def _analyze_latency(
+    recipe: Path,
+    out_dir: Path | None,
+    overrides: list[str] | None,
+    *,
+    as_json: bool,
+    accuracy: bool,
+    quiet: bool,
+    resume: bool,
+    force: bool,
+) -> None:
+    """`analyze --latency`: the recipe's stages, then both models timed and profiled on the CPU."""
+    from modelquant.backends import bench, get_backend
+    from modelquant.latency_profile import (
+        LATENCY_FILE,
+        auto_details,
+        explain,
+        feeds_from,
+        precision_label,
+        render,
+    )
+    from modelquant.pipeline import Pipeline, ownership
+    from modelquant.pipeline.artifacts import peek_out_dir, process_rank, write_atomic
+
+    if accuracy:
+        raise UserError(
+            "--accuracy belongs to the sensitivity analysis and --latency replaces it; drop one"
+        )
+    stale = peek_out_dir(recipe, out_dir)
+    if not (force or resume):  # another recipe's folder is refused before anything changes
+        ownership.foreign_marker(stale, ownership.peek_identity(recipe), force=False, resume=False)
+    if stale is not None and process_rank() == 0:  # no old result outlives a failed rerun
+        (stale / LATENCY_FILE).unlink(missing_ok=True)
+    with step("reading the recipe"):
+        spec = _load(recipe, overrides)
+    pipeline = Pipeline(
+        spec, recipe, out_dir, log=_progress, resume=resume, force=force, command="analyze"
+    )
+    pipeline.artifacts.keeps_reports = True  # a compress report in that folder stays valid
+    result = pipeline.run_stages()
+    assert result.baseline.onnx_path is not None
+    baseline, compressed = result.baseline.onnx_path, result.compressed
+    cfg = spec.evaluate
+    data = pipeline.plan.data("evaluation")
+    lineage = result.state.lineage
+    with step("timing baseline and compressed"):
+        timed = bench.measure_latency(
+            {"baseline": baseline, "compressed": compressed},
+            get_backend("cpu"),
+            cfg.batch_sizes,
+            feeds_from(data),
+            cfg,
+        )
+    with step("profiling baseline and compressed"):  # after the timing, never among it
+        doc = explain(
+            baseline,
+            compressed,
+            data,
+            cfg.batch_sizes,
+            threads=bench.effective_threads(cfg.threads)[0],
+            speedups=timed.speedups,
+            auto=auto_details([r.details for r in lineage]),
+            label=precision_label([(r.name, r.settings) for r in lineage]),
+            recipe=spec.name,
+            runs=50,
+            max_seconds=1.0,
+            log=_progress,
+        )
+    target = pipeline.out_dir / LATENCY_FILE
+    with step("writing latency.json"):
+        if process_rank() == 0:
+            write_atomic(target, doc.model_dump_json(indent=2) + "\n")
+            pipeline.artifacts.published["latency"] = LATENCY_FILE
+            pipeline.artifacts.finish()
+    if as_json:
+        sys.stdout.write(doc.model_dump_json(indent=2) + "\n")
+        return
+    if not quiet:
+        render(doc, out)
+    _say(
+        f"[green]done[/]: {len(doc.batches)} batch size(s) profiled. Latency: {escape(str(target))}"
+    )
 
 
 @app.command()

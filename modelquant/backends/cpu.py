@@ -23,13 +23,22 @@ class CpuBackend(Backend):
     def session(self, path: Path, threads: int | None, batch_size: int | None = None) -> Any:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        no_spinning(options)
+        options = session_options(threads)
         return ort.InferenceSession(str(path), options, providers=[self.execution_provider])
+
+
+def session_options(threads: int | None) -> Any:
+    """The CPU sessions' options (threads, quiet log, no spinning), for every session that must
+    run as the timed ones do (the latency profile adds its profiler to them)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    no_spinning(options)
+    return options
 
 
 def no_spinning(options: Any) -> None:

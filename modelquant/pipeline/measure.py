@@ -7,16 +7,24 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from modelquant import __version__
-from modelquant.report.model import Gate, Report, StageEntry
+from modelquant.report.model import Deltas, Gate, ModelResult, Report, StageEntry
 
 if TYPE_CHECKING:
+    from modelquant.latency_profile import LatencyProfile
     from modelquant.pipeline.run import Pipeline, StagesResult
+    from modelquant.recipe import Recipe
+
+PROFILE_RUNS = 20
+PROFILE_SECONDS = 0.25
+"""Profiled runs per model and batch size in a compress run, and the time that caps them: a
+diagnosis, not a measurement (the speedup comes from the timed runs), so it stays short."""
 
 
 def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     """Evaluate baseline and compressed (and backend variants) and build the report."""
     from modelquant import gates
     from modelquant.environment import environment
+    from modelquant.errors import step
     from modelquant.evaluator import evaluate_models
     from modelquant.tasks import get_task
 
@@ -51,6 +59,14 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     judged += [
         Gate.model_validate(r.details["gate"]) for r in result.state.lineage if "gate" in r.details
     ]
+    warnings = [w for w in [slower_warning(recipe, comp, deltas)] if w]
+    profile = None
+    slow = slower_batches(comp, deltas)
+    if slow:  # after every timed run: a profiled session never runs among them
+        with step("profiling the slower batch sizes"):
+            profile, failed = _profile(pipeline, result, slow, deltas)
+        if failed:
+            warnings.append(failed)
     from modelquant.report import file_renderers
 
     renderers = file_renderers()
@@ -77,4 +93,67 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
         deltas=deltas,
         gates=judged,
         artifacts={**published, **{name: name for name in reports}},
+        warnings=warnings,
+        latency_profile=profile,
     )
+
+
+def _cpu_speedups(compressed: ModelResult, deltas: Deltas) -> dict[str, float]:
+    """Batch size -> speedup on the CPU where both were timed; none where the compressed
+    model's CPU latency is emulated (FP8: casts around float kernels say nothing of speed)."""
+    entry = compressed.backends.get("cpu")
+    if entry is None or entry.emulated:
+        return {}
+    speed = deltas.speedup.get("cpu", {})
+    return {bs: speed[bs].value for bs in sorted(speed, key=int)}
+
+
+def slower_batches(compressed: ModelResult, deltas: Deltas) -> list[int]:
+    """The batch sizes at which the compressed model is slower than the baseline on the CPU
+    (point estimate of the speedup below 1)."""
+    return [int(bs) for bs, v in _cpu_speedups(compressed, deltas).items() if v < 1]
+
+
+def slower_warning(recipe: Recipe, compressed: ModelResult, deltas: Deltas) -> str | None:
+    """The warning line when the compressed model is slower on the CPU at every batch size
+    timed and no `gates.min_speedup.cpu` judges it (with one, the gate speaks)."""
+    speed = _cpu_speedups(compressed, deltas)
+    if not speed or "cpu" in recipe.gates.min_speedup or any(v >= 1 for v in speed.values()):
+        return None
+    listed = ", ".join(f"{v:.2f}x at {bs}" for bs, v in speed.items())
+    return (
+        f"compressed model is slower than the baseline on cpu at every batch size ({listed}); "
+        "set gates.min_speedup: {cpu: 1.0} to fail the run, see the latency section"
+    )
+
+
+def _profile(
+    pipeline: Pipeline, result: StagesResult, batch_sizes: list[int], deltas: Deltas
+) -> tuple[LatencyProfile | None, str | None]:
+    """Both models profiled at `batch_sizes` (the latency section), or why not: the profile is
+    a diagnosis, so a failure of it is a warning, not a failed run."""
+    from modelquant.backends.bench import effective_threads
+    from modelquant.latency_profile import auto_details, explain, precision_label
+
+    recipe = pipeline.recipe
+    lineage = result.state.lineage
+    assert result.baseline.onnx_path is not None
+    pipeline.log(f"profiling baseline and compressed at batch {', '.join(map(str, batch_sizes))}")
+    try:
+        profile = explain(
+            result.baseline.onnx_path,
+            result.compressed,
+            pipeline.plan.data("evaluation"),
+            batch_sizes,
+            threads=effective_threads(recipe.evaluate.threads)[0],
+            speedups=deltas.speedup.get("cpu", {}),
+            auto=auto_details([r.details for r in lineage]),
+            label=precision_label([(r.name, r.settings) for r in lineage]),
+            recipe=recipe.name,
+            runs=PROFILE_RUNS,
+            max_seconds=PROFILE_SECONDS,
+        )
+    except Exception as exc:  # onnxruntime's profiler or its file: the run itself is measured
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return None, f"latency profile not made: {type(exc).__name__}: {first}"
+    return profile, None

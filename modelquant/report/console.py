@@ -1,4 +1,5 @@
-"""The rich console view of a Report: comparison, stages, gates."""
+"""The rich console view of a Report: comparison, stages, the auto-mode candidates, gates, and
+the latency section when the compressed model was slower somewhere."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelquant.report.model import Report
-from modelquant.report.rows import comparison_rows, fallback_rows, gate_cells, stage_notes
+from modelquant.report.rows import (
+    auto_tables,
+    comparison_rows,
+    fallback_rows,
+    gate_cells,
+    latency_batches,
+    latency_rows,
+    stage_notes,
+)
+
+LATENCY_OP_ROWS = 6
+"""Op types shown per batch size in the console's latency section (report.json has them all)."""
 
 
 def render_console(report: Report, console: Console) -> None:
@@ -35,6 +47,16 @@ def render_console(report: Report, console: Console) -> None:
         for cells in rounds:
             table.add_row(*(escape(cell) for cell in cells))
         console.print(table)
+    for auto in auto_tables(report):
+        table = Table(title=auto.title, title_justify="left")
+        for i, col in enumerate(auto.header):
+            table.add_column(col, justify="right" if 2 <= i < len(auto.header) - 1 else "left")
+        for cells in auto.rows:
+            table.add_row(*(escape(cell) for cell in cells))
+        console.print(table)
+        for line in auto.lines:
+            console.print(escape(line), highlight=False, soft_wrap=True)
+    _latency(report, console)
     if report.gates:
         gates = Table(title="gates", title_justify="left")
         for col in ("gate", "threshold", "value", "result", "detail"):
@@ -49,3 +71,19 @@ def render_console(report: Report, console: Console) -> None:
                 escape(g.detail),
             )
         console.print(gates)
+
+
+def _latency(report: Report, console: Console) -> None:
+    """Per profiled batch size: the advice line and the costliest op types."""
+    for batch in latency_batches(report):
+        table = Table(
+            title=f"latency explained, batch {batch.batch_size} (ms per run)",
+            title_justify="left",
+        )
+        for col in ("op type", "baseline ms", "compressed ms", "share"):
+            table.add_column(col, justify="left" if col == "op type" else "right")
+        for cells in latency_rows(batch, LATENCY_OP_ROWS):
+            table.add_row(*(escape(cell) for cell in cells))
+        console.print(table)
+        style = "yellow" if batch.slower else "green"
+        console.print(f"[{style}]{escape(batch.advice)}[/]", highlight=False, soft_wrap=True)

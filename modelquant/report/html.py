@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 from modelquant.report import register_renderer
 from modelquant.report.model import LatencyStats, ModelResult, Report
 from modelquant.report.rows import (
+    auto_tables,
     comparison_rows,
     fallback_rows,
     fmt_bytes,
     fmt_metric,
     gate_cells,
+    latency_batches,
+    latency_rows,
     stage_notes,
 )
 
@@ -52,6 +55,7 @@ td.pass, td.fail { font-weight: 600; text-align: center; }
 .note { color: #555; font-size: .92em; } figure { margin: 1em 0; }
 figure svg { max-width: 100%; height: auto; } figcaption { color: #555; font-size: .92em; }
 code { background: #f3f3f3; padding: 0 .25em; border-radius: .2em; }
+.warning { background: #fff4d6; border-left: 4px solid #e0a800; padding: .4em .8em; }
 """
 
 
@@ -409,6 +413,51 @@ def _latency_note(report: Report) -> str:
     )
 
 
+def _warnings(report: Report) -> str:
+    if not report.warnings:
+        return ""
+    items = "".join(f'<p class="warning">{_e(w)}</p>' for w in report.warnings)
+    return f'<section id="warnings">{items}</section>'
+
+
+def _auto(report: Report) -> str:
+    parts = []
+    for auto in auto_tables(report):
+        parts.append(f"<h3>{_e(auto.title)}</h3>")
+        parts.append(_table(auto.header, auto.rows, numeric=2))
+        parts += [f'<p class="note">{_e(line)}</p>' for line in auto.lines]
+    if not parts:
+        return ""
+    return '<section id="auto"><h2>Quantize mode: auto</h2>' + "".join(parts) + "</section>"
+
+
+def _latency(report: Report) -> str:
+    batches = latency_batches(report)
+    if not batches or report.latency_profile is None:
+        return ""
+    parts = [
+        '<section id="latency"><h2>Latency explained</h2>',
+        f'<p class="note">{_e(report.latency_profile.note)}</p>',
+    ]
+    for batch in batches:
+        assert batch.compressed is not None
+        parts.append(f"<h3>Batch {batch.batch_size}</h3><p><strong>{_e(batch.advice)}</strong></p>")
+        parts.append(
+            _table(["op type", "baseline ms", "compressed ms", "share"], latency_rows(batch), 1)
+        )
+        if batch.causes:
+            causes = "".join(f"<li>{_e(c.text)}; {_e(c.advice)}</li>" for c in batch.causes)
+            parts.append(f"<ul>{causes}</ul>")
+        nodes = [
+            [n.node, n.op_type, f"{n.us / 1000:.3f}", f"{n.share * 100:.0f} %"]
+            for n in batch.compressed.top_nodes[:5]
+        ]
+        parts.append(
+            _table(["top node (as onnxruntime ran it)", "op type", "ms", "share"], nodes, 2)
+        )
+    return "".join(parts) + "</section>"
+
+
 @register_renderer("html", "report.html")
 def render_html(report: Report) -> str:
     import matplotlib
@@ -445,6 +494,7 @@ def render_html(report: Report) -> str:
         f"<header><h1>modelquant report: {_e(name)}</h1>",
         f'<p><span class="status {status}">{_e(status_text)}</span> · modelquant '
         f"{_e(report.modelquant_version)} · {_e(report.created)}</p></header>",
+        _warnings(report),
         '<section id="summary"><h2>Baseline vs compressed</h2>',
         _table(["", "baseline", "compressed", "delta"], comparison_rows(report), numeric=1),
         _latency_note(report),
@@ -467,6 +517,7 @@ def render_html(report: Report) -> str:
             ),
             "</section>",
         ]
+    body += [_auto(report), _latency(report)]
     if sensitivity:
         body.append(
             f'<section id="sensitivity"><h2>Per-layer sensitivity</h2>{sensitivity}</section>'

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from modelquant.report import register_renderer
 from modelquant.report.model import Report
-from modelquant.report.rows import comparison_rows, fallback_rows, gate_cells, stage_notes
+from modelquant.report.rows import (
+    auto_tables,
+    comparison_rows,
+    fallback_rows,
+    gate_cells,
+    latency_batches,
+    latency_rows,
+    stage_notes,
+)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -39,6 +47,50 @@ def _fallback_section(report: Report) -> list[str]:
     ]
 
 
+def _warnings_section(report: Report) -> list[str]:
+    if not report.warnings:
+        return []
+    return ["", "## Warnings", "", *(f"- {w}" for w in report.warnings)]
+
+
+def _auto_section(report: Report) -> list[str]:
+    parts: list[str] = []
+    for auto in auto_tables(report):
+        parts += [
+            "",
+            f"## {auto.title[0].upper()}{auto.title[1:]}",
+            "",
+            _table(auto.header, auto.rows),
+        ]
+        parts += ["", *(line + "  " for line in auto.lines)] if auto.lines else []
+    return parts
+
+
+def _latency_section(report: Report) -> list[str]:
+    batches = latency_batches(report)
+    if not batches or report.latency_profile is None:
+        return []
+    parts = ["", "## Latency explained", "", report.latency_profile.note]
+    for batch in batches:
+        parts += [
+            "",
+            f"### Batch {batch.batch_size}",
+            "",
+            f"**{batch.advice}**",
+            "",
+            _table(["op type", "baseline ms", "compressed ms", "share"], latency_rows(batch)),
+        ]
+        if batch.causes:
+            parts += ["", *(f"- {c.text}; {c.advice}" for c in batch.causes)]
+        assert batch.compressed is not None
+        nodes = [
+            [n.node, n.op_type, f"{n.us / 1000:.3f}", f"{n.share * 100:.0f} %"]
+            for n in batch.compressed.top_nodes[:5]
+        ]
+        parts += ["", _table(["top node (as onnxruntime ran it)", "op type", "ms", "share"], nodes)]
+    return parts
+
+
 @register_renderer("md", "report.md")
 def render_markdown(report: Report) -> str:
     env = report.environment
@@ -46,6 +98,7 @@ def render_markdown(report: Report) -> str:
         f"# modelquant report: {report.recipe.get('name', '')}",
         "",
         f"Status: **{report.status}** · modelquant {report.modelquant_version} · {report.created}",
+        *_warnings_section(report),
         "",
         "## Baseline vs compressed",
         "",
@@ -70,6 +123,8 @@ def render_markdown(report: Report) -> str:
             ],
         ),
         *_fallback_section(report),
+        *_auto_section(report),
+        *_latency_section(report),
         "",
         "## Gates",
         "",

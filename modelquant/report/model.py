@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelquant.latency_profile import LatencyProfile
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -143,3 +145,13 @@ class Report(_Model):
     deltas: Deltas
     gates: list[Gate]
     artifacts: dict[str, str]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Lines the run passed with but the user should read (e.g. the compressed "
+        "model is slower than the baseline on the CPU at every batch size).",
+    )
+    latency_profile: LatencyProfile | None = Field(
+        None,
+        description="Baseline and compressed profiled per op on the CPU, with the known causes "
+        "and the advice line; present when the compressed model was slower at a batch size.",
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from modelquant.latency_profile import BatchLatency, op_rows
 from modelquant.report.model import Gate, ModelResult, Report, Speedup
 
 
@@ -138,8 +140,9 @@ def _entries(n: int) -> str:
     return f"{n} {'entry' if n == 1 else 'entries'} (in report.json)"
 
 
-_OWN_SECTION = frozenset({"gate", "fallback", "layers"})
-"""Details shown in their own table (gates, fallback rounds, per-layer sensitivity)."""
+_OWN_SECTION = frozenset({"gate", "fallback", "layers", "auto"})
+"""Details shown in their own table (gates, fallback rounds, per-layer sensitivity, the
+candidates of quantize mode auto)."""
 
 
 def stage_notes(settings: dict[str, Any], details: dict[str, Any]) -> str:
@@ -157,6 +160,13 @@ def stage_notes(settings: dict[str, Any], details: dict[str, Any]) -> str:
             0,
             f"fallback: {verdict} after {fallback.get('rounds_taken', 0)} round(s), "
             f"{len(kept)} layer(s) in higher precision",
+        )
+    auto = details.get("auto")
+    if isinstance(auto, dict) and auto.get("candidates"):
+        notes.insert(
+            0,
+            f"mode auto: {auto.get('winner') or 'no winner'} of "
+            f"{len(auto['candidates'])} candidate(s)",
         )
     return "; ".join(notes)
 
@@ -182,6 +192,152 @@ def fallback_rows(report: Report) -> list[list[str]]:
                 ]
             )
     return rows
+
+
+@dataclass
+class AutoTable:
+    """The candidates of one `quantize: {mode: auto}` search, as every renderer shows them."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[str] = field(default_factory=list)
+    """What the table is measured on, then the winner's reason."""
+
+
+_SETTING_WORDS = {("per_channel", True): "per-channel", ("per_channel", False): "per-tensor"}
+
+
+def _settings_cell(settings: dict[str, Any]) -> str:
+    """A candidate's settings in a few words: 'static qdq uint8 per-channel Conv/Gemm/MatMul'."""
+    words = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            words.append(_SETTING_WORDS.get((key, value), f"{key}={str(value).lower()}"))
+        elif isinstance(value, list):
+            words.append("/".join(map(str, value)) or f"{key}=none")
+        elif value is not None:
+            words.append(str(value))
+    return " ".join(words)
+
+
+def _auto_metric(metric: str, value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "n/a"
+    return fmt_metric("cosine" if metric == "cosine" else "top1", float(value))
+
+
+def _auto_drop(metric: str, drop: Any) -> str:
+    if not isinstance(drop, int | float):
+        return "n/a"
+    return f"{drop:.4f}" if metric == "cosine" else f"{drop * 100:.2f} pt"
+
+
+def _auto_speedup(candidate: dict[str, Any], bs: str) -> str:
+    value = (candidate.get("speedup") or {}).get(bs)
+    if value is None:
+        return "not timed"
+    ci = (candidate.get("speedup_ci95") or {}).get(bs)
+    return f"{value:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def auto_tables(report: Report) -> list[AutoTable]:
+    """One table per quantize stage that searched (`details["auto"]`): a row per candidate
+    (metric, drop, size, speedup per batch size), the winner marked, then the reason."""
+    tables = []
+    for stage in report.stages:
+        auto = stage.details.get("auto")
+        if not isinstance(auto, dict) or not auto.get("candidates"):
+            continue
+        metric = str(auto.get("metric", "top1"))
+        batch_sizes = [str(b) for b in auto.get("batch_sizes", [])]
+        if not batch_sizes:
+            seen = {bs for c in auto["candidates"] for bs in (c.get("speedup") or {})}
+            batch_sizes = sorted(seen, key=int)
+        rows = []
+        for c in auto["candidates"]:
+            name = str(c.get("name", "?"))
+            marks = [
+                m
+                for m, on in (
+                    ("winner", name == auto.get("winner")),
+                    ("fixed default", name == auto.get("fixed_default")),
+                )
+                if on
+            ]
+            label = name + (f" ({', '.join(marks)})" if marks else "")
+            settings = _settings_cell(c.get("settings") or {})
+            if c.get("error"):
+                rows.append(
+                    [
+                        label,
+                        settings,
+                        f"failed: {c['error']}",
+                        "n/a",
+                        "n/a",
+                        *(["not timed"] * len(batch_sizes)),
+                        "no",
+                    ]
+                )
+                continue
+            ratio = c.get("size_ratio")
+            rows.append(
+                [
+                    label,
+                    settings,
+                    _auto_metric(metric, c.get("metric")),
+                    _auto_drop(metric, c.get("drop")),
+                    f"{ratio:.3f}x" if isinstance(ratio, int | float) else "n/a",
+                    *(_auto_speedup(c, bs) for bs in batch_sizes),
+                    "yes" if c.get("within_budget") else "no",
+                ]
+            )
+        lines = []
+        budget = auto.get("budget")
+        if isinstance(budget, int | float):
+            source = f" (from {auto['budget_from']})" if auto.get("budget_from") else ""
+            line = f"budget: {_auto_drop(metric, budget)} drop{source}"
+            if isinstance(auto.get("float_metric"), int | float):
+                line += f"; float model {_auto_metric(metric, auto['float_metric'])}"
+            threads = auto.get("threads")
+            timed = "; speedup = float latency / candidate latency, timed at batch " + (
+                ", ".join(batch_sizes) or "none"
+            )
+            if threads:
+                timed += f" with {threads} thread(s)"
+            lines.append(line + timed + ", alternated in blocks")
+        if auto.get("reason"):
+            lines.append(f"winner {auto.get('winner')}: {auto['reason']}")
+        tables.append(
+            AutoTable(
+                title="quantize mode: auto (validation data)",
+                header=[
+                    "candidate",
+                    "settings",
+                    metric,
+                    "drop",
+                    "size",
+                    *(f"speedup b{bs}" for bs in batch_sizes),
+                    "within budget",
+                ],
+                rows=rows,
+                lines=lines,
+            )
+        )
+    return tables
+
+
+def latency_batches(report: Report) -> list[BatchLatency]:
+    """The profiled batch sizes of the report's latency section (those with a profile)."""
+    profile = report.latency_profile
+    if profile is None:
+        return []
+    return [b for b in profile.batches if b.compressed is not None]
+
+
+def latency_rows(batch: BatchLatency, limit: int | None = None) -> list[list[str]]:
+    """(op type, baseline ms, compressed ms, share) of one profiled batch size."""
+    return op_rows(batch, limit)
 
 
 def comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
