@@ -646,6 +646,7 @@ class Quantize(Stage):
         float_size = onnx_file.size_bytes(float_path)
         candidates: list[auto.Candidate] = []
         results: dict[str, tuple[dict[str, Any], dict[str, LayerSettings], list[str]]] = {}
+        failures: list[Exception] = []
         for name, settings in auto.candidate_settings(cfg.auto.candidates, cfg.pinned()):
             shown = {
                 k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v
@@ -659,6 +660,7 @@ class Quantize(Stage):
                     source, chosen, target, ctx, cfg.candidate(settings)
                 )
             except (UserError, StageError, ValueError) as exc:  # a scheme this graph defeats
+                failures.append(exc)
                 c.error = str(exc).splitlines()[0][:300]
                 ctx.log(f"quantize auto: {name} failed: {c.error}")
                 continue
@@ -684,6 +686,10 @@ class Quantize(Stage):
         try:
             winner, reason = auto.choose(candidates, budget)
         except ValueError:
+            # Bad input that defeats every scheme alike (an int4 rule on a Conv) is the user's.
+            user = next((e for e in failures if isinstance(e, UserError)), None)
+            if user is not None and len(failures) == len(candidates):
+                raise user from None
             errors = "; ".join(f"{c.name}: {c.error}" for c in candidates)
             raise StageError(
                 "quantize", f"mode auto: no candidate could be built ({errors})"
