@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -436,6 +436,33 @@ def _claim_out_dir(target: Path | None, recipe: Path, *, force: bool, resume: bo
     clear_reports(target)
 
 
+def _publish(
+    pipeline: Any,
+    role: str,
+    name: str,
+    doc: Any,
+    as_json: bool,
+    quiet: bool,
+    render: Callable[[Any, Console], None],
+) -> bool:
+    """Write an analysis document into the output folder (rank 0, atomically, marked in the
+    folder's marker) and show it: as JSON on stdout (then False: nothing more to print) or
+    rendered unless quiet."""
+    from modelquant.pipeline.artifacts import process_rank, write_atomic
+
+    with step(f"writing {name}"):
+        if process_rank() == 0:
+            write_atomic(pipeline.out_dir / name, doc.model_dump_json(indent=2) + "\n")
+            pipeline.artifacts.published[role] = name
+            pipeline.artifacts.finish()
+    if as_json:
+        sys.stdout.write(doc.model_dump_json(indent=2) + "\n")
+        return False
+    if not quiet:
+        render(doc, out)
+    return True
+
+
 @app.command()
 def analyze(
     recipe: RecipeArg,
@@ -510,7 +537,7 @@ def analyze(
 
     def work() -> None:
         from modelquant.pipeline import Pipeline, ownership
-        from modelquant.pipeline.artifacts import peek_out_dir, process_rank, write_atomic
+        from modelquant.pipeline.artifacts import peek_out_dir, process_rank
         from modelquant.sensitivity import SENSITIVITY_FILE, render
         from modelquant.stages.analyze import Analyze, analysis_recipe, sensitivity_from_details
 
@@ -539,17 +566,9 @@ def analyze(
         doc = sensitivity_from_details(result.state.lineage[-1].details)
         doc.recipe = spec.name
         doc.model = result.compressed.name  # the published file the stage analysed
-        target = pipeline.out_dir / SENSITIVITY_FILE
-        with step("writing sensitivity.json"):
-            if process_rank() == 0:
-                write_atomic(target, doc.model_dump_json(indent=2) + "\n")
-                pipeline.artifacts.published["sensitivity"] = SENSITIVITY_FILE
-                pipeline.artifacts.finish()
-        if as_json:
-            sys.stdout.write(doc.model_dump_json(indent=2) + "\n")
+        if not _publish(pipeline, "sensitivity", SENSITIVITY_FILE, doc, as_json, quiet, render):
             return
-        if not quiet:
-            render(doc, out)
+        target = pipeline.out_dir / SENSITIVITY_FILE
         _say(f"[green]done[/]: {len(doc.layers)} layers. Sensitivity: {escape(str(target))}")
 
     _run_guarded(work, debug, quiet=quiet or as_json, log_file=log_file, resume_hint=True)
@@ -577,7 +596,7 @@ def _analyze_latency(
         render,
     )
     from modelquant.pipeline import Pipeline, ownership
-    from modelquant.pipeline.artifacts import peek_out_dir, process_rank, write_atomic
+    from modelquant.pipeline.artifacts import peek_out_dir, process_rank
 
     if accuracy:
         raise UserError(
@@ -623,17 +642,9 @@ def _analyze_latency(
             max_seconds=1.0,
             log=_progress,
         )
-    target = pipeline.out_dir / LATENCY_FILE
-    with step("writing latency.json"):
-        if process_rank() == 0:
-            write_atomic(target, doc.model_dump_json(indent=2) + "\n")
-            pipeline.artifacts.published["latency"] = LATENCY_FILE
-            pipeline.artifacts.finish()
-    if as_json:
-        sys.stdout.write(doc.model_dump_json(indent=2) + "\n")
+    if not _publish(pipeline, "latency", LATENCY_FILE, doc, as_json, quiet, render):
         return
-    if not quiet:
-        render(doc, out)
+    target = pipeline.out_dir / LATENCY_FILE
     _say(
         f"[green]done[/]: {len(doc.batches)} batch size(s) profiled. Latency: {escape(str(target))}"
     )
