@@ -165,7 +165,12 @@ def test_fp16_storage_with_float32_compute(tmp_path: Path) -> None:
     file is smaller than with the head in fp32, and the outputs match that float32 head closely."""
     rule = [{"match": HEAD, "precision": "fp16"}]
     report = compress(
-        tmp_path / "half", Path("unused"), CNN, overrides=rule, fp16={"compute": "float32"}
+        tmp_path / "half",
+        Path("unused"),
+        CNN,
+        mode="static",  # both files from one scheme: mode auto may pick another for each
+        overrides=rule,
+        fp16={"compute": "float32"},
     )
     g = graph(tmp_path / "half", report)  # checker passes, the CPU EP loads it
     head = next(n for n in g.node if n.name == HEAD)
@@ -180,7 +185,11 @@ def test_fp16_storage_with_float32_compute(tmp_path: Path) -> None:
     assert "note" not in details or details["note"] != NOTE  # no "fp16 is slow on CPUs" here
 
     full = compress(
-        tmp_path / "full", Path("unused"), CNN, overrides=[dict(rule[0], precision="fp32")]
+        tmp_path / "full",
+        Path("unused"),
+        CNN,
+        mode="static",
+        overrides=[dict(rule[0], precision="fp32")],
     )
     half_size = (tmp_path / "half" / report.artifacts["compressed"]).stat().st_size
     full_size = (tmp_path / "full" / full.artifacts["compressed"]).stat().st_size

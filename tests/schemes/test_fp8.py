@@ -184,7 +184,9 @@ def test_fp8_rules_in_a_float_model_verify_by_their_weights(
     assert fp8.applied(before, after, weights)
     other = next(n for n in graph.node if n.name == "/classifier/classifier.1/Gemm")
     assert not fp8.applied(other, after, weights)  # its weight is read in float
-    quantize_fp8(tiny_checkpoint, tmp_path / "int8", quantize={"precision": "int8"})
+    quantize_fp8(
+        tiny_checkpoint, tmp_path / "int8", quantize={"precision": "int8", "mode": "static"}
+    )
     int8 = onnx.load(str(tmp_path / "int8" / "model.int8.onnx"))
     assert not fp8.applied(before, int8, weights)  # dequantized, but from int8
 

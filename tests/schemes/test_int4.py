@@ -113,7 +113,8 @@ def test_int4_on_a_conv_is_bad_input(tmp_path: Path) -> None:
 def test_int8_convs_with_an_int4_head(tmp_path: Path) -> None:
     """The mixed map: int4 runs first on the float graph, then the int8 Q/DQ pass with the int4
     layers kept out of it; the stage's verification checks both."""
-    report = compress(tmp_path, CNN, overrides=[{"match": "type:Gemm", "precision": "int4"}])
+    rules = [{"match": "type:Gemm", "precision": "int4"}]
+    report = compress(tmp_path, CNN, mode="static", overrides=rules)
     g = graph(tmp_path, report)
     heads = ["/classifier/classifier.1/Gemm", "/classifier/classifier.3/Gemm"]
     assert sorted(n.name for n in g.node if n.op_type == "MatMulNBits") == [
