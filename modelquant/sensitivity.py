@@ -232,8 +232,9 @@ def _settings(said: dict[str, Any]) -> dict[str, Any]:
 def _analysable(cfg: QuantizeConfig) -> QuantizeConfig:
     """The stage's settings in the form onnxruntime's debug tools read: Q/DQ pairs. QOperator
     has the same scales as QDQ (it fuses the pairs into QLinear ops), so it is analysed as QDQ;
-    dynamic quantization computes ranges at run time and writes no Q/DQ pairs at all. The
-    accuracy budget is dropped: layers are measured as the plain quantization leaves them."""
+    dynamic quantization computes ranges at run time and writes no Q/DQ pairs at all; mode auto is
+    analysed as its fixed default, static QDQ. The accuracy budget is dropped: layers are measured
+    as the plain quantization leaves them."""
     if cfg.mode == "dynamic":
         raise UserError(
             "analyze compares Q/DQ models, and the quantize stage's mode 'dynamic' writes integer "
@@ -243,6 +244,10 @@ def _analysable(cfg: QuantizeConfig) -> QuantizeConfig:
     # The layers are measured as the budget-free quantization quantizes them: with the fallback on,
     # the stage would return the very layers being measured to float.
     update: dict[str, Any] = {"accuracy_budget": None}
+    if cfg.mode == "auto":
+        # The search's winner depends on timing; its fixed default, static QDQ, is what a layer
+        # costs in accuracy (the Q/DQ candidates share its scales, dynamic has none to compare).
+        update["mode"] = "static"
     if getattr(cfg, "format", "qdq") == "qoperator":
         update["format"] = "qdq"
     return cfg.model_copy(update=update)

@@ -212,3 +212,13 @@ def test_pinned_static_quantizes_compute_ops_only_unless_told_all(tmp_path: Path
     code, _, output = compress(tmp_path / "all", *base, *all_ops, search=False)
     assert code == 0, output
     assert gelu_wrapped(tmp_path / "all" / "model.int8.onnx")
+
+
+def test_analyze_measures_the_fixed_default_of_a_searching_stage(tmp_path: Path) -> None:
+    """`modelquant analyze` on a recipe whose quantize stage searches measures static QDQ (the
+    winner may be dynamic, which has no Q/DQ pairs to compare), and runs no search."""
+    result = runner.invoke(app, ["analyze", RECIPE, "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert len(doc["layers"]) == 3  # the three Gemms
+    assert "quantize auto" not in result.stderr
