@@ -152,15 +152,34 @@ def paired(
     One block bootstrap over the (baseline block, compressed block) tuples gives both medians'
     intervals and the ratio's: the ratio of two medians drawn from the same blocks.
     """
+    stats, speeds = paired_all(timed, threads, seed, threads_source)
+    return stats, speeds.get("compressed")
+
+
+def paired_all(
+    timed: Mapping[str, Timed],
+    threads: int | None,
+    seed: int = 0,
+    threads_source: str = "",
+) -> tuple[dict[str, LatencyStats], dict[str, Speedup]]:
+    """`paired` for any number of models: each one's statistics and, for every role besides
+    "baseline", its speedup over the baseline, all from one block bootstrap."""
     medians = _block_bootstrap_medians(timed, seed)
     stats = {
         name: summarize(t, threads, medians=medians[name], threads_source=threads_source)
         for name, t in timed.items()
     }
-    if "baseline" not in timed or "compressed" not in timed:
-        return stats, None
-    point = stats["baseline"].p50 / stats["compressed"].p50
-    return stats, Speedup(value=point, ci95=_ci(medians["baseline"] / medians["compressed"]))
+    if "baseline" not in timed:
+        return stats, {}
+    speeds = {
+        role: Speedup(
+            value=stats["baseline"].p50 / stats[role].p50,
+            ci95=_ci(medians["baseline"] / medians[role]),
+        )
+        for role in timed
+        if role != "baseline"
+    }
+    return stats, speeds
 
 
 def speedup_interval(
@@ -241,6 +260,9 @@ class Latency:
 
     stats: dict[str, dict[str, LatencyStats]] = field(default_factory=dict)
     speedups: dict[str, Speedup] = field(default_factory=dict)
+    role_speedups: dict[str, dict[str, Speedup]] = field(default_factory=dict)
+    """`role_speedups[role][batch]`: every model's speedup over "baseline" (`speedups` is the
+    "compressed" one's)."""
     untimed: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -298,9 +320,11 @@ def measure_latency(
                 on_block=bar.advance,
                 **({"timer": timer} if timer else {}),
             )
-        stats, speed = paired(timed, threads, threads_source=source)
+        stats, speeds = paired_all(timed, threads, threads_source=source)
         for role, s in stats.items():
             result.stats[role][str(bs)] = s
-        if speed is not None:
-            result.speedups[str(bs)] = speed
+        for role, speed in speeds.items():
+            result.role_speedups.setdefault(role, {})[str(bs)] = speed
+        if "compressed" in speeds:
+            result.speedups[str(bs)] = speeds["compressed"]
     return result

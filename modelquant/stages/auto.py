@@ -168,51 +168,35 @@ def time_candidates(
     block: int,
     float_ms: dict[str, float],
 ) -> dict[str, str]:
-    """Time every built candidate against the float model at each batch size, all alternated in
-    blocks in this one process (`bench.time_alternating`); fills their latency and speedups, and
-    the float model's median into `float_ms`. Returns the batch sizes not timed and why."""
-    from modelquant import progress
+    """Time every built candidate against the float model at each batch size through the one
+    latency path (`bench.measure_latency`: all alternated in blocks in this process); fills their
+    latency and speedups, and the float model's median into `float_ms`. Returns the batch sizes
+    not timed and why."""
     from modelquant.backends import get_backend
-    from modelquant.backends.bench import open_session, speedup_interval, time_alternating
+    from modelquant.backends.bench import measure_latency
+    from modelquant.recipe import EvaluateConfig
 
-    cpu = get_backend("cpu")
     built = [c for c in candidates if c.error is None and c.path is not None]
-    untimed: dict[str, str] = {}
-    for bs in batch_sizes:
-        runs: dict[str, Callable[[], object]] = {}
-        for name, path in [("float", float_path), *((c.name, c.path) for c in built)]:
-            assert path is not None
-            opened = open_session(cpu, path, threads, bs)
-            if opened.batch is not None and opened.batch != bs:
-                untimed[str(bs)] = f"{path.name} is fixed to batch {opened.batch}"
-                break
-            names = [i.name for i in opened.session.get_inputs()]
-            feed = feeds(bs)
-            runs[name] = _runner(opened.session, {n: feed[n] for n in names})
-        if str(bs) in untimed:
-            continue
-        with progress.task(
-            f"timing {len(built)} candidates at batch {bs}",
-            total=cfg.repeats * len(runs),
-            unit="runs",
-        ) as bar:
-            timed = time_alternating(
-                runs,
-                warmup=cfg.warmup,
-                repeats=cfg.repeats,
-                block=min(block, cfg.repeats),
-                on_block=bar.advance,
-            )
-        import numpy as np
+    models: dict[str, Path] = {"baseline": float_path}
+    models.update((c.name, c.path) for c in built if c.path is not None)
+    settings = EvaluateConfig(
+        backends=["cpu"],
+        batch_sizes=list(batch_sizes),
+        threads=threads,
+        warmup=cfg.warmup,
+        repeats=cfg.repeats,
+        block=min(block, cfg.repeats),
+    )
 
-        float_ms[str(bs)] = float(np.median(timed["float"].samples))
-        for c in built:
-            value, low, high = speedup_interval(timed["float"], timed[c.name])
-            c.speedup[str(bs)] = value
-            c.speedup_ci95[str(bs)] = (low, high)
-            c.latency_ms[str(bs)] = float(np.median(timed[c.name].samples))
-    return untimed
+    def feed(session: Any, bs: int) -> dict[str, Any]:
+        batch = feeds(bs)
+        return {i.name: batch[i.name] for i in session.get_inputs()}
 
-
-def _runner(session: Any, feed: dict[str, Any]) -> Callable[[], object]:
-    return lambda: session.run(None, feed)
+    latency = measure_latency(models, get_backend("cpu"), batch_sizes, feed, settings)
+    float_ms.update({bs: s.p50 for bs, s in latency.stats["baseline"].items()})
+    for c in built:
+        for bs, speed in latency.role_speedups.get(c.name, {}).items():
+            c.speedup[bs] = speed.value
+            c.speedup_ci95[bs] = speed.ci95
+            c.latency_ms[bs] = latency.stats[c.name][bs].p50
+    return latency.untimed["baseline"]
