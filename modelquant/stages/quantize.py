@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -40,6 +40,10 @@ from modelquant.stages.auto import AutoConfig
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.stages.fallback import FallbackConfig
 from modelquant.state import ModelState
+
+if TYPE_CHECKING:
+    from modelquant.data import Dataset
+    from modelquant.tasks import Task
 
 __all__ = ["DEFAULT_CALIBRATION_SAMPLES", "CalibrationConfig", "Quantize", "QuantizeConfig"]
 
@@ -512,6 +516,36 @@ def plan_passes(
     return passes, kept
 
 
+@dataclass(frozen=True)
+class Validation:
+    """The float model scored once on data.validation, for the stage's choices (fallback rounds,
+    auto candidates): its outputs give its own metric and are what embeddings are scored against
+    (its cosine to itself is 1)."""
+
+    data: Dataset
+    task: Task
+    reference: Any
+    float_metric: float
+
+    @classmethod
+    def of(cls, source: Path, ctx: StageContext) -> Validation:
+        from modelquant.backends import get_backend
+        from modelquant.evaluator import model_outputs
+        from modelquant.tasks import get_task
+
+        data = ctx.data("validation")
+        task = get_task(ctx.task)
+        outputs = model_outputs(source, data, get_backend("cpu"), task=task)
+        reference = outputs if task.needs_reference else None
+        return cls(data, task, reference, task.score(outputs, data.labels, reference))
+
+    def score(self, path: Path) -> float:
+        """A quantized model's metric on the same data, against the same reference."""
+        from modelquant.evaluator import score
+
+        return score(path, self.data, task=self.task, reference=self.reference)
+
+
 NPU_SCHEME = "int8_static"
 """The scheme whose result gets a QNN-flavoured NPU variant."""
 
@@ -624,12 +658,9 @@ class Quantize(Stage):
         """`mode: auto`: each candidate quantized, scored on the validation data and timed
         against the float model (`float_path`, the stage's input) at the run's batch sizes; the
         winner (`auto.choose`) is kept, and every candidate goes to the report."""
-        from modelquant.backends import get_backend
-        from modelquant.evaluator import model_outputs, score
         from modelquant.models import onnx_file
         from modelquant.report.rows import fmt_metric
         from modelquant.stages import auto
-        from modelquant.tasks import get_task
 
         cfg = self.config
         if cfg.accuracy_budget is not None:
@@ -638,11 +669,8 @@ class Quantize(Stage):
             budget, budget_from = ctx.budget.drop, ctx.budget.source
         else:
             budget, budget_from = auto.DEFAULT_BUDGET, "default (no gate names one)"
-        data = ctx.data("validation")
-        task = get_task(ctx.task)
-        float_outputs = model_outputs(source, data, get_backend("cpu"), task=task)
-        reference = float_outputs if task.needs_reference else None
-        float_metric = task.score(float_outputs, data.labels, reference)
+        validation = Validation.of(source, ctx)
+        task, float_metric = validation.task, validation.float_metric
         float_size = onnx_file.size_bytes(float_path)
         candidates: list[auto.Candidate] = []
         results: dict[str, tuple[dict[str, Any], dict[str, LayerSettings], list[str]]] = {}
@@ -665,7 +693,7 @@ class Quantize(Stage):
                 ctx.log(f"quantize auto: {name} failed: {c.error}")
                 continue
             c.path = target
-            c.metric = score(target, data, task=task, reference=reference)
+            c.metric = validation.score(target)
             c.drop = float_metric - c.metric
             c.size_ratio = onnx_file.size_bytes(target) / float_size
             ctx.log(
@@ -678,7 +706,7 @@ class Quantize(Stage):
             candidates,
             ctx.timing.batch_sizes,
             ctx.timing.threads,
-            lambda bs: data.sample_batch(bs),
+            validation.data.sample_batch,
             cfg.auto,
             ctx.timing.block,
             float_ms,
@@ -730,8 +758,6 @@ class Quantize(Stage):
         """Quantize, score on the validation data, and return the worst layers to higher
         precision round by round (`fallback.schedule`) until the drop is within the budget; the
         best round is kept either way, and its verdict goes to the report as a gate."""
-        from modelquant.backends import get_backend
-        from modelquant.evaluator import score
         from modelquant.models import onnx_file
         from modelquant.report.rows import fmt_metric
         from modelquant.stages.fallback import Outcome, Round, schedule, trimmed
@@ -739,23 +765,15 @@ class Quantize(Stage):
         cfg = self.config
         budget = cfg.accuracy_budget
         assert budget is not None
-        from modelquant.evaluator import model_outputs
-        from modelquant.tasks import get_task
-
-        data = ctx.data("validation")
-        task = get_task(ctx.task)
-        # The float model runs once: its outputs give its own metric and are what embeddings are
-        # scored against (its cosine to itself is 1).
-        float_outputs = model_outputs(source, data, get_backend("cpu"), task=task)
-        reference = float_outputs if task.needs_reference else None
-        float_metric = task.score(float_outputs, data.labels, reference)
+        validation = Validation.of(source, ctx)
+        task, float_metric = validation.task, validation.float_metric
         outcome = Outcome(budget=budget, float_metric=float_metric)
         results: dict[int, tuple[dict[str, Any], dict[str, LayerSettings], list[str]]] = {}
 
         def attempt(index: int, moved: dict[str, str]) -> Round:
             target = ctx.work_dir / f"round{index}.onnx"
             results[index] = self._quantize_map(source, _promote(chosen, moved), target, ctx)
-            metric = score(target, data, task=task, reference=reference)
+            metric = validation.score(target)
             done = Round(
                 index, moved, metric, float_metric - metric, onnx_file.size_bytes(target), target
             )
