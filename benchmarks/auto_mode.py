@@ -67,10 +67,9 @@ def variant_recipe(source: dict[str, Any], export: dict[str, Any], quantize: dic
 
 
 def run_model(name: str, repeats: int, work: Path) -> dict[str, Any]:
-    import numpy as np
 
     from modelquant.backends import get_backend
-    from modelquant.backends.bench import open_session, speedup_interval, time_alternating
+    from modelquant.backends.bench import measure_latency
     from modelquant.evaluator import model_outputs, score
     from modelquant.models import onnx_file
     from modelquant.pipeline import Pipeline
@@ -107,25 +106,29 @@ def run_model(name: str, repeats: int, work: Path) -> dict[str, Any]:
     for variant, path in paths.items():
         metric = score(path, data, task=task, reference=reference)
         results[variant].update(metric=metric, drop=float_metric - metric)
-    threads = pipeline.recipe.evaluate.threads
-    block = min(pipeline.recipe.evaluate.block, repeats)
-    for bs in (1, large):
-        feed = data.sample_batch(bs)
-        runs = {}
-        for role, path in [("fp32", baseline), *paths.items()]:
-            session = open_session(cpu, path, threads, bs).session
-            inputs = {i.name: feed[i.name] for i in session.get_inputs()}
-            runs[role] = (lambda s, f: lambda: s.run(None, f))(session, inputs)
-        timed = time_alternating(runs, warmup=max(10, repeats // 10), repeats=repeats, block=block)
-        for variant in paths:
-            value, low, high = speedup_interval(timed["fp32"], timed[variant])
-            results[variant].setdefault("speedup", {})[str(bs)] = [value, low, high]
-            results[variant].setdefault("ms", {})[str(bs)] = float(
-                np.median(timed[variant].samples)
-            )
-        results.setdefault("fp32", {}).setdefault("ms", {})[str(bs)] = float(
-            np.median(timed["fp32"].samples)
-        )
+    ev = pipeline.recipe.evaluate
+    threads = ev.threads
+    settings = ev.model_copy(
+        update={
+            "backends": ["cpu"],
+            "batch_sizes": [1, large],
+            "repeats": repeats,
+            "warmup": max(10, repeats // 10),
+            "block": min(ev.block, repeats),
+        }
+    )
+    latency = measure_latency(
+        {"baseline": baseline, **paths},
+        cpu,
+        [1, large],
+        lambda session, bs: {i.name: data.sample_batch(bs)[i.name] for i in session.get_inputs()},
+        settings,
+    )
+    for variant in paths:
+        for bs, speed in latency.role_speedups[variant].items():
+            results[variant].setdefault("speedup", {})[bs] = [speed.value, *speed.ci95]
+            results[variant].setdefault("ms", {})[bs] = latency.stats[variant][bs].p50
+    results["fp32"] = {"ms": {bs: st.p50 for bs, st in latency.stats["baseline"].items()}}
     results["fp32"].update(metric=float_metric, metric_name=task.metric.name, threads=threads)
     results["batch_sizes"] = [1, large]
     return results
