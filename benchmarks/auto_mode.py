@@ -69,7 +69,7 @@ def variant_recipe(source: dict[str, Any], export: dict[str, Any], quantize: dic
 def run_model(name: str, repeats: int, work: Path) -> dict[str, Any]:
 
     from modelquant.backends import get_backend
-    from modelquant.backends.bench import measure_latency
+    from modelquant.backends.bench import feeds_from, measure_latency
     from modelquant.evaluator import model_outputs, score
     from modelquant.models import onnx_file
     from modelquant.pipeline import Pipeline
@@ -121,7 +121,7 @@ def run_model(name: str, repeats: int, work: Path) -> dict[str, Any]:
         {"baseline": baseline, **paths},
         cpu,
         [1, large],
-        lambda session, bs: {i.name: data.sample_batch(bs)[i.name] for i in session.get_inputs()},
+        feeds_from(data),
         settings,
     )
     for variant in paths:

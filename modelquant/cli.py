@@ -591,7 +591,6 @@ def _analyze_latency(
         LATENCY_FILE,
         auto_details,
         explain,
-        feeds_from,
         precision_label,
         render,
     )
@@ -624,7 +623,7 @@ def _analyze_latency(
             {"baseline": baseline, "compressed": compressed},
             get_backend("cpu"),
             cfg.batch_sizes,
-            feeds_from(data),
+            bench.feeds_from(data),
             cfg,
         )
     with step("profiling baseline and compressed"):  # after the timing, never among it

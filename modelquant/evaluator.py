@@ -281,7 +281,7 @@ def _measure(
                 paths,
                 backend,
                 cfg.batch_sizes,
-                lambda session, bs: _feed(session, data.sample_batch(bs)),
+                bench.feeds_from(data),
                 cfg,
                 timer=timer,
                 log=log,
@@ -292,10 +292,6 @@ def _measure(
             if latency.speedups:
                 measured.speedups[backend_name] = latency.speedups
     return measured
-
-
-def _feed(session: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {i.name: batch[i.name] for i in session.get_inputs()}
 
 
 def evaluate_models(

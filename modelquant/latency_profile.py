@@ -760,17 +760,6 @@ def precision_label(stages: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return label
 
 
-def feeds_from(data: Dataset) -> Callable[[Any, int], dict[str, np.ndarray]]:
-    """(session, batch size) -> the inputs of one run: `batch size` samples of `data`, as the
-    evaluator feeds its timed runs."""
-
-    def feeds(session: Any, batch_size: int) -> dict[str, np.ndarray]:
-        batch = data.sample_batch(batch_size)
-        return {i.name: batch[i.name] for i in session.get_inputs()}
-
-    return feeds
-
-
 def explain(
     baseline: Path,
     compressed: Path,
@@ -798,6 +787,8 @@ def explain(
 
     flags = list(cpu_flags) if cpu_flags is not None else cpu_description()[1]
     facts = graph_facts(compressed)
+    from modelquant.backends.bench import feeds_from
+
     feeds = feeds_from(data)
     doc = LatencyProfile(
         recipe=recipe,

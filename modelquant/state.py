@@ -190,7 +190,6 @@ def fold_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]
     the quantize stage's pre-processing)."""
     import copy
 
-    import torch
     from torch import fx, nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -225,9 +224,7 @@ def fold_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]
         return module, []
     traced.graph.lint()
     traced.recompile()
-    with torch.no_grad():
-        traced.eval()
-    return traced, folded
+    return traced.eval(), folded
 
 
 def _set_module(root: torch.nn.Module, target: str, module: torch.nn.Module) -> None:

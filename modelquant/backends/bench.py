@@ -16,11 +16,25 @@ from modelquant.report.model import LatencyStats, Speedup
 
 if TYPE_CHECKING:
     from modelquant.backends import Backend
+    from modelquant.data import Dataset
     from modelquant.recipe import EvaluateConfig
 
 Timer = Callable[[], int]
 Feeds = Callable[[Any, int], dict[str, np.ndarray]]
 """(session, batch size) -> the inputs one timed run is fed."""
+
+
+def feeds_from(data: Dataset) -> Feeds:
+    """Feeds of `batch size` samples of `data` (repeated when it has fewer), by input name: what
+    every timed or profiled run of a real model is fed."""
+
+    def feeds(session: Any, batch_size: int) -> dict[str, np.ndarray]:
+        batch = data.sample_batch(batch_size)
+        return {i.name: batch[i.name] for i in session.get_inputs()}
+
+    return feeds
+
+
 BOOTSTRAP_RESAMPLES = 2000
 
 

@@ -5,12 +5,15 @@ kept, and the report lists every candidate and why the winner won."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from modelquant.backends.bench import Feeds
 
 CandidateName = Literal[
     "static",
@@ -163,7 +166,7 @@ def time_candidates(
     candidates: list[Candidate],
     batch_sizes: tuple[int, ...],
     threads: int | None,
-    feeds: Callable[[int], dict[str, Any]],
+    feeds: Feeds,
     cfg: AutoConfig,
     block: int,
     float_ms: dict[str, float],
@@ -187,12 +190,7 @@ def time_candidates(
         repeats=cfg.repeats,
         block=min(block, cfg.repeats),
     )
-
-    def feed(session: Any, bs: int) -> dict[str, Any]:
-        batch = feeds(bs)
-        return {i.name: batch[i.name] for i in session.get_inputs()}
-
-    latency = measure_latency(models, get_backend("cpu"), batch_sizes, feed, settings)
+    latency = measure_latency(models, get_backend("cpu"), batch_sizes, feeds, settings)
     float_ms.update({bs: s.p50 for bs, s in latency.stats["baseline"].items()})
     for c in built:
         for bs, speed in latency.role_speedups.get(c.name, {}).items():

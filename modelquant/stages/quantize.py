@@ -658,6 +658,7 @@ class Quantize(Stage):
         """`mode: auto`: each candidate quantized, scored on the validation data and timed
         against the float model (`float_path`, the stage's input) at the run's batch sizes; the
         winner (`auto.choose`) is kept, and every candidate goes to the report."""
+        from modelquant.backends.bench import feeds_from
         from modelquant.models import onnx_file
         from modelquant.report.rows import fmt_metric
         from modelquant.stages import auto
@@ -706,7 +707,7 @@ class Quantize(Stage):
             candidates,
             ctx.timing.batch_sizes,
             ctx.timing.threads,
-            validation.data.sample_batch,
+            feeds_from(validation.data),
             cfg.auto,
             ctx.timing.block,
             float_ms,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from modelquant import latency_profile as lp
+from modelquant.backends import bench
 from modelquant.data import Dataset, digits
 from tests.tiny_models import build
 
@@ -99,7 +100,7 @@ def test_a_profile_shows_the_ops_onnxruntime_ran_and_shares_add_up(
     import onnx
 
     fp32, int8 = mlp
-    feeds = lp.feeds_from(data)
+    feeds = bench.feeds_from(data)
     for path in (fp32, int8):
         profile, _ = lp.profile_model(path, feeds, 4, 1, warmup=1, runs=5)
         assert profile.runs == 5 and profile.kernel_us > 0
