@@ -54,7 +54,7 @@ def torch_forward(module: torch.nn.Module, batch: Batch) -> np.ndarray:
 
     tensors = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in batch.items()}
     with torch.no_grad():
-        if _takes_names(module):
+        if takes_names(module):
             out = module(**tensors)
         else:
             out = module(*tensors.values())
@@ -75,7 +75,7 @@ fuses back into one kernel when nothing sits between them. A model whose opset-1
 single `LayerNormalization` op from opset 17 on, so the default already has it)."""
 
 
-def _takes_names(module: torch.nn.Module) -> bool:
+def takes_names(module: torch.nn.Module) -> bool:
     """A transformers model is fed by input name (input_ids, attention_mask, ...): the data's
     column order need not be its forward's argument order."""
     return hasattr(module, "main_input_name") and hasattr(module, "config")

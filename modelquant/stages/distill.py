@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -11,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from modelquant.errors import UserError
 from modelquant.models.spec import ModelSpec
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
-from modelquant.stages.finetune import FinetuneConfig, accuracy, deterministic, finetune
+from modelquant.stages.finetune import (
+    FinetuneConfig,
+    TensorBatch,
+    accuracy,
+    call,
+    deterministic,
+    finetune,
+)
 from modelquant.stages.prune import layer_weight
 from modelquant.state import ModelState, parameter_counts
 
@@ -207,10 +213,11 @@ class Distill(Stage):
         alone_weights = task_weights if any(task_weights) else [1.0] + task_weights[1:]
 
         def task_loss(
-            s_heads: list[torch.Tensor], labels: torch.Tensor, weights: list[float]
+            s_heads: list[torch.Tensor], labels: torch.Tensor | None, weights: list[float]
         ) -> torch.Tensor:
             import torch.nn.functional as F
 
+            assert labels is not None  # classification training data has labels
             loss = torch.zeros(())
             for weight, head in zip(weights, s_heads, strict=True):
                 if weight:
@@ -218,20 +225,20 @@ class Distill(Stage):
             return loss
 
         def alone_loss(
-            model: torch.nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor
+            model: torch.nn.Module, inputs: TensorBatch, labels: torch.Tensor | None
         ) -> torch.Tensor:
-            out = model(*inputs)
+            out = call(model, inputs)
             heads = list(out) if isinstance(out, tuple | list) else [out]
             return task_loss(heads, labels, alone_weights)
 
         def loss_fn(
-            model: torch.nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor
+            model: torch.nn.Module, inputs: TensorBatch, labels: torch.Tensor | None
         ) -> torch.Tensor:
             import torch.nn.functional as F
 
             with torch.no_grad():
-                t_out = teacher(*inputs)
-            s_out = model(*inputs)
+                t_out = call(teacher, inputs)
+            s_out = call(model, inputs)
             s_heads = list(s_out) if isinstance(s_out, tuple | list) else [s_out]
             loss = task_loss(s_heads, labels, task_weights)
             if cfg.losses.kl:
@@ -298,10 +305,10 @@ class Distill(Stage):
                 "distill student has no weights to train; give a student factory that builds a "
                 "module with parameters"
             )
-        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in sample.values()]
+        args = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in sample.items()}
         with torch.no_grad():
             try:
-                out = student(*args)
+                out = call(student, args)
             except Exception as exc:
                 first = (str(exc).strip().splitlines() or [""])[0]
                 raise UserError(
@@ -309,7 +316,7 @@ class Distill(Stage):
                     f"({type(exc).__name__}: {first}); give a student that takes the teacher's "
                     "inputs"
                 ) from None
-            ref = _first(teacher(*args))
+            ref = _first(call(teacher, args))
         if tuple(_first(out).shape) != tuple(ref.shape):
             raise UserError(
                 f"distill student outputs shape {tuple(_first(out).shape)}, the teacher "
@@ -338,10 +345,10 @@ class Distill(Stage):
             return {}
         t_taps = _FeatureTaps(teacher, [f.teacher for f in pairs])
         s_taps = _FeatureTaps(student, [f.student for f in pairs])
-        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in sample.values()]
+        args = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in sample.items()}
         with torch.no_grad():
-            teacher(*args)
-            student(*args)
+            call(teacher, args)
+            call(student, args)
         t_taps.close()
         s_taps.close()
         with deterministic(ctx.seed):

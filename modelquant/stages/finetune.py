@@ -17,8 +17,10 @@ if TYPE_CHECKING:
     from modelquant.data import Dataset
     from modelquant.stages.base import StageContext
 
-LossFn = Callable[["torch.nn.Module", Sequence["torch.Tensor"], "torch.Tensor"], "torch.Tensor"]
-"""loss(model, inputs, labels) -> scalar loss for one batch."""
+TensorBatch = dict[str, "torch.Tensor"]
+"""One training batch: input name -> tensor (rows along axis 0)."""
+LossFn = Callable[["torch.nn.Module", TensorBatch, "torch.Tensor | None"], "torch.Tensor"]
+"""loss(model, inputs, labels) -> scalar loss for one batch (labels None for unlabeled data)."""
 
 
 class FinetuneConfig(BaseModel):
@@ -34,23 +36,35 @@ class FinetuneConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
 
 
-def train_data(ctx: StageContext) -> Dataset:
+def train_data(ctx: StageContext, needs_labels: bool = True) -> Dataset:
     if ctx.data_spec("train") is None:
         raise UserError(
             "fine-tuning needs data.train in the recipe (e.g. {source: digits, split: train})"
         )
     data = ctx.data("train")
-    if data.labels is None:
+    if needs_labels and data.labels is None:
         raise UserError("fine-tuning needs labels in data.train")
     return data
 
 
+def call(model: torch.nn.Module, inputs: TensorBatch) -> Any:
+    """The model's output on one batch: a Hugging Face model (or a wrapper of one, e.g. DDP) is fed
+    by input name, since the data's column order need not be its forward's argument order; any
+    other module positionally, in the data's order."""
+    from modelquant.state import takes_names
+
+    if takes_names(getattr(model, "module", model)):
+        return model(**inputs)
+    return model(*inputs.values())
+
+
 def cross_entropy(
-    model: torch.nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor
+    model: torch.nn.Module, inputs: TensorBatch, labels: torch.Tensor | None
 ) -> torch.Tensor:
     import torch.nn.functional as F
 
-    out = model(*inputs)
+    assert labels is not None  # train_data(needs_labels=True) checked
+    out = call(model, inputs)
     return F.cross_entropy(out[0] if isinstance(out, tuple | list) else out, labels)
 
 
@@ -75,18 +89,22 @@ def finetune(
     loss_fn: LossFn = cross_entropy,
     extra_params: Sequence[torch.nn.Parameter] = (),
     label: str = "fine-tune",
+    needs_labels: bool = True,
 ) -> dict[str, Any]:
-    """Train `model` (and `extra_params`, e.g. feature projections) in place; the loss summary."""
+    """Train `model` (and `extra_params`, e.g. feature projections) in place; the loss summary.
+
+    Parameters with `requires_grad` off stay as they are. Text batches (data with per-sample
+    lengths) are cut to their longest sample: padding costs time and teaches nothing."""
     import torch
 
     from modelquant import progress
 
-    data = train_data(ctx)
-    names = data.input_names
-    xs = [torch.from_numpy(np.ascontiguousarray(data.inputs[n])) for n in names]
-    assert data.labels is not None
-    ys = torch.from_numpy(np.ascontiguousarray(data.labels))
-    params = [*model.parameters(), *extra_params]
+    data = train_data(ctx, needs_labels)
+    xs = {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in data.inputs.items()}
+    ys = None if data.labels is None else torch.from_numpy(np.ascontiguousarray(data.labels))
+    lengths = None if data.lengths is None else torch.from_numpy(data.lengths.astype(np.int64))
+    samples = len(data)
+    params = [p for p in (*model.parameters(), *extra_params) if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -96,7 +114,7 @@ def finetune(
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch_losses: list[float] = []
-    steps_per_epoch = -(-len(ys) // cfg.batch_size)
+    steps_per_epoch = -(-samples // cfg.batch_size)
     with (
         deterministic(ctx.seed),
         progress.task(label, total=cfg.epochs * steps_per_epoch, unit="steps") as bar,
@@ -104,18 +122,22 @@ def finetune(
         order_rng = torch.Generator().manual_seed(ctx.seed)
         model.train()
         for epoch in range(cfg.epochs):
-            order = torch.randperm(len(ys), generator=order_rng)
+            order = torch.randperm(samples, generator=order_rng)
             total = 0.0
-            for start in range(0, len(ys), cfg.batch_size):
+            for start in range(0, samples, cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
+                batch = {n: x[idx] for n, x in xs.items()}
+                if lengths is not None:
+                    longest = int(lengths[idx].max())
+                    batch = {n: x[:, :longest] if x.dim() >= 2 else x for n, x in batch.items()}
                 opt.zero_grad()
-                loss = loss_fn(model, [x[idx] for x in xs], ys[idx])
+                loss = loss_fn(model, batch, None if ys is None else ys[idx])
                 loss.backward()
                 opt.step()
                 value = float(loss.detach())
                 total += value * len(idx)
                 bar.advance(info=f"loss {value:.4f}")
-            epoch_losses.append(total / len(ys))
+            epoch_losses.append(total / samples)
             bar.note(f"epoch {epoch + 1}/{cfg.epochs}, loss {epoch_losses[-1]:.4f}")
         model.eval()
     return {
