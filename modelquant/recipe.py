@@ -93,6 +93,14 @@ class DataSpec(_Strict):
         None,
         description="text: folder of the tokenizer (default: the recipe's hf model's own).",
     )
+    generate: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="text: add this many texts made deterministically from the split's own "
+        "sentences (clause recombination, word spans, sentence pairs, word dropout, templates) "
+        "for training; a held-out split never contributes a word.",
+    )
     samples: int | None = Field(None, gt=0, description="Read at most this many samples.")
     batch_size: int = Field(32, gt=0, description="Batch size for calibration and evaluation.")
     allow_overlap: bool = Field(

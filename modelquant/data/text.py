@@ -117,7 +117,16 @@ def split_rows(n: int, split: str) -> np.ndarray:
 @register_data_source(
     "text",
     splits=SPLITS,
-    fields=("path", "text", "text_pair", "labels", "max_length", "padding", "tokenizer"),
+    fields=(
+        "path",
+        "text",
+        "text_pair",
+        "labels",
+        "max_length",
+        "padding",
+        "tokenizer",
+        "generate",
+    ),
 )
 def load(spec: DataSpec, base_dir: Path) -> Dataset:
     """Text files (csv, jsonl, txt) tokenized by the model's tokenizer (text:, text_pair:)."""
@@ -147,11 +156,28 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
     idx = split_rows(len(rows), spec.split)
     if len(idx) == 0:
         raise UserError(f"{path}: split {spec.split} has no rows ({len(rows)} in the file)")
+    chosen = [texts[i] for i in idx]
+    chosen_pairs = [pairs[i] for i in idx] if pairs is not None else None
+    chosen_labels = None if labels is None else labels[idx]
+    description = f"text:{path.name}:{spec.split}"
+    if spec.generate:
+        if pairs is not None or labels is not None:
+            raise UserError(
+                f"data {path.name}: generate: makes unlabeled single texts; remove text_pair: "
+                "and labels: from this entry, or generate: 0"
+            )
+        from modelquant.data.augment import generate_texts, vocabulary_words
+
+        if len(chosen) < 2:
+            raise UserError(f"{path}: generate: needs at least 2 texts in the split to recombine")
+        words = vocabulary_words(hf.tokenizer(tokenizer_dir))
+        chosen = chosen + generate_texts(chosen, spec.generate, vocabulary=words)
+        description += f"+{spec.generate} generated"
     tok = hf.tokenizer(tokenizer_dir)
     max_length = spec.max_length or DEFAULT_MAX_LENGTH
     encoded = tok(
-        [texts[i] for i in idx],
-        [pairs[i] for i in idx] if pairs is not None else None,
+        chosen,
+        chosen_pairs,
         padding="max_length",
         truncation=True,
         max_length=max_length,
@@ -160,10 +186,4 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
     inputs = {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()}
     lengths = inputs["attention_mask"].sum(axis=1) if "attention_mask" in inputs else None
     bucket = BUCKET if spec.padding == "bucket" else None
-    return Dataset(
-        inputs,
-        None if labels is None else labels[idx],
-        f"text:{path.name}:{spec.split}",
-        lengths,
-        bucket,
-    )
+    return Dataset(inputs, chosen_labels, description, lengths, bucket)

@@ -178,7 +178,8 @@ def param_counts(path: Path) -> tuple[int, int]:
     """(parameters, non-zero parameters) of the model's weights.
 
     Weights are float initializers with at least two values, quantized initializers that a
-    DequantizeLinear reads (QDQ), and integer initializers that integer ops read as weights or
+    DequantizeLinear reads (QDQ) or a Gather picks rows from before one (quantized embedding
+    tables), and integer initializers that integer ops read as weights or
     biases (QOperator: QLinearConv, QLinearMatMul, QGemm, ...; dynamic: ConvInteger,
     MatMulInteger), so one model counts the same in every quantization format. Scales, zero
     points and shape constants are not parameters; neither is a weight scale that a dynamic graph
@@ -220,6 +221,15 @@ def param_counts(path: Path) -> tuple[int, int]:
                     axis = 0 if _attr(node, "transB", 0) else 1
                 zp = (arg(node, zp_index) or None) if zp_index is not None else None
                 quantized[name] = (zp, axis)
+    # An integer embedding table that a Gather picks rows from and a DequantizeLinear then
+    # dequantizes (onnxruntime's quantized Gather): the table is the weight, the DQ its zero point.
+    dequantized_by = {
+        n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input
+    }
+    for node in model.graph.node:
+        dq = dequantized_by.get(node.output[0]) if node.output else None
+        if node.op_type == "Gather" and node.input[0] in inits and dq is not None:
+            quantized[node.input[0]] = (arg(dq, 2) or None, _attr(dq, "axis", 1))
     total = nonzero = 0
     for node in model.graph.node:
         if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):

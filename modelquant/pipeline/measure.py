@@ -7,7 +7,14 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from modelquant import __version__
-from modelquant.report.model import Deltas, Gate, ModelResult, Report, StageEntry
+from modelquant.report.model import (
+    Deltas,
+    Gate,
+    ModelResult,
+    Report,
+    StageEntry,
+    StepQuality,
+)
 
 if TYPE_CHECKING:
     from modelquant.latency_profile import LatencyProfile
@@ -54,6 +61,8 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     comp.path = published["compressed"]
     for backend, variant in measured.variants.items():
         variant.path = published[f"variant.{backend}"]
+    with step("scoring each stage's model"):
+        trail = step_trail(pipeline, result)
     judged = gates.judge(recipe, base, comp, deltas)
     # A stage that judges its own result (the quantize stage's accuracy budget) says so.
     judged += [
@@ -84,8 +93,9 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
                 seconds=r.seconds,
                 cached=r.cached,
                 details=r.details,
+                quality=trail[i] if i < len(trail) else None,
             )
-            for r in result.state.lineage
+            for i, r in enumerate(result.state.lineage)
         ],
         baseline=base,
         compressed=comp,
@@ -96,6 +106,64 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
         warnings=warnings,
         latency_profile=profile,
     )
+
+
+def step_trail(pipeline: Pipeline, result: StagesResult) -> list[StepQuality]:
+    """Each stage's model scored on the evaluation data against the baseline (torch models in
+    torch, ONNX files in onnxruntime on the CPU): the accuracy cost of every step."""
+    import numpy as np
+
+    from modelquant import metrics
+    from modelquant.backends import get_backend
+    from modelquant.evaluator import model_outputs
+    from modelquant.models import onnx_file
+    from modelquant.state import parameter_counts, torch_forward
+    from modelquant.tasks import get_task
+
+    recipe = pipeline.recipe
+    task = get_task(recipe.metric_task)
+    data = pipeline.plan.data("evaluation")
+    batch_size = recipe.data.evaluation.batch_size
+    cpu = get_backend("cpu")
+    assert result.baseline.onnx_path is not None
+    pipeline.log("scoring the model after each stage on the evaluation data")
+    reference = model_outputs(
+        result.baseline.onnx_path, data, cpu, batch_size=batch_size, task=task
+    )
+    trail: list[StepQuality] = []
+    for state in result.states:
+        if state.onnx_path is not None:
+            out = model_outputs(state.onnx_path, data, cpu, batch_size=batch_size, task=task)
+            params, runtime = onnx_file.param_counts(state.onnx_path)[0], "onnxruntime cpu"
+        else:
+            assert state.module is not None
+            state.module.eval()
+            out = np.concatenate(
+                [
+                    task.reduce(b, torch_forward(state.module, b))
+                    for b, _ in data.batches(batch_size)
+                ]
+            )
+            params, runtime = parameter_counts(state.module)[0], "torch"
+        similarity = task.similarity(out, reference)
+        if similarity is not None:
+            value = float(similarity["cosine_mean"])
+            agreement = float(similarity["neighbour_agreement"])
+        else:
+            value = task.score(out, data.labels, reference)
+            agreement = metrics.agreement(out, reference)
+        trail.append(
+            StepQuality(
+                metric=task.metric.name,
+                value=value,
+                agreement=agreement,
+                cosine_p5=None if similarity is None else similarity["cosine_p5"],
+                cosine_min=None if similarity is None else similarity["cosine_min"],
+                params=params,
+                runtime=runtime,
+            )
+        )
+    return trail
 
 
 def _cpu_speedups(compressed: ModelResult, deltas: Deltas) -> dict[str, float]:

@@ -30,6 +30,8 @@ class StagesResult:
     """The model after the last stage (lineage included)."""
     compressed: Path
     """The compressed model as a published ONNX file."""
+    states: list[ModelState] = dataclasses.field(default_factory=list)
+    """The model after each stage, in order (scored step by step in the report)."""
 
 
 class Pipeline:
@@ -162,6 +164,7 @@ class Pipeline:
         baseline = loaded.replace(onnx_path=self.artifacts.path("baseline"))
         ctx = self.context(baseline)
         state = loaded
+        states: list[ModelState] = []
         last_published = ""
         for i, stage in enumerate(self.stages, 1):
             before = state
@@ -174,6 +177,7 @@ class Pipeline:
                     {r: self.plan.data(r).content_hash() for r in stage.reads()},
                 )
                 state = self._run_stage(i, stage, state, ctx, key)
+                states.append(state)
                 if stage.produces == "onnx" and state.onnx_path is not None:
                     name = self.artifacts.unique(stage.artifact_name(), i)
                     last_published = self.artifacts.publish_onnx(
@@ -193,7 +197,7 @@ class Pipeline:
             else:
                 final = self._export_cached(state, key, "final")
                 self.artifacts.publish_onnx("compressed", final, "model.compressed.onnx")
-        return StagesResult(baseline, state, self.artifacts.path("compressed"))
+        return StagesResult(baseline, state, self.artifacts.path("compressed"), states)
 
     def _run_stage(
         self, index: int, stage: Stage, state: ModelState, ctx: StageContext, key: str

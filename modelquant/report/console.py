@@ -9,6 +9,8 @@ from rich.table import Table
 
 from modelquant.report.model import Report
 from modelquant.report.rows import (
+    STEP_HEADER,
+    TRANSFORMER_HEADER,
     auto_tables,
     comparison_rows,
     fallback_rows,
@@ -16,6 +18,8 @@ from modelquant.report.rows import (
     latency_batches,
     latency_rows,
     stage_notes,
+    step_rows,
+    transformer_tables,
 )
 
 LATENCY_OP_ROWS = 6
@@ -39,6 +43,21 @@ def render_console(report: Report, console: Console) -> None:
                 str(i), s.name, f"{s.seconds:.2f}" + (" cached" if s.cached else ""), escape(notes)
             )
         console.print(stages)
+    steps = step_rows(report)
+    if steps:
+        table = Table(title="after each stage (evaluation data)", title_justify="left")
+        for i, col in enumerate(STEP_HEADER):
+            table.add_column(col, justify="right" if 0 < i < 5 else "left")
+        for cells in steps:
+            table.add_row(*(escape(cell) for cell in cells))
+        console.print(table)
+    for title, rows in transformer_tables(report):
+        table = Table(title=title, title_justify="left")
+        for i, col in enumerate(TRANSFORMER_HEADER):
+            table.add_column(col, justify="left" if i == 3 else "right")
+        for cells in rows:
+            table.add_row(*(escape(cell) for cell in cells))
+        console.print(table)
     rounds = fallback_rows(report)
     if rounds:
         table = Table(title="accuracy-aware fallback (validation data)", title_justify="left")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from modelquant.report import register_renderer
 from modelquant.report.model import LatencyStats, ModelResult, Report
 from modelquant.report.rows import (
+    STEP_HEADER,
+    TRANSFORMER_HEADER,
     auto_tables,
     comparison_rows,
     fallback_rows,
@@ -24,6 +26,8 @@ from modelquant.report.rows import (
     latency_batches,
     latency_rows,
     stage_notes,
+    step_rows,
+    transformer_tables,
 )
 
 if TYPE_CHECKING:
@@ -507,6 +511,22 @@ def render_html(report: Report) -> str:
         _table(["#", "stage", "seconds", "details"], stage_rows) if stage_rows else "",
         "</section>",
     ]
+    steps = step_rows(report)
+    if steps:
+        body += [
+            '<section id="steps"><h2>After each stage</h2>',
+            '<p class="note">The model as each stage left it, scored on the evaluation data '
+            "against the baseline (agreement: the same top-1 class, or for embeddings the same "
+            "nearest neighbour).</p>",
+            _table(STEP_HEADER, steps),
+            "</section>",
+        ]
+    for title, layer_rows in transformer_tables(report):
+        body += [
+            f'<section class="transformer"><h3>{_e(title)}</h3>',
+            _table(TRANSFORMER_HEADER, layer_rows),
+            "</section>",
+        ]
     if rounds:
         body += [
             '<section id="fallback"><h2>Accuracy-aware fallback</h2>',

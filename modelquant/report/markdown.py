@@ -5,6 +5,8 @@ from __future__ import annotations
 from modelquant.report import register_renderer
 from modelquant.report.model import Report
 from modelquant.report.rows import (
+    STEP_HEADER,
+    TRANSFORMER_HEADER,
     auto_tables,
     comparison_rows,
     fallback_rows,
@@ -12,6 +14,8 @@ from modelquant.report.rows import (
     latency_batches,
     latency_rows,
     stage_notes,
+    step_rows,
+    transformer_tables,
 )
 
 
@@ -30,6 +34,29 @@ def _threads(report: Report) -> str:
                     source = f" ({stats.threads_source})" if stats.threads_source else ""
                     return f"{stats.threads}{source}"
     return ""
+
+
+def _steps_section(report: Report) -> list[str]:
+    rows = step_rows(report)
+    lines: list[str] = []
+    if rows:
+        lines += [
+            "",
+            "## After each stage",
+            "",
+            "The model as each stage left it, scored on the evaluation data against the baseline "
+            "(agreement: the same top-1 class, or for embeddings the same nearest neighbour).",
+            "",
+            _table(STEP_HEADER, rows),
+        ]
+    for title, layer_rows in transformer_tables(report):
+        lines += [
+            "",
+            f"### {title[0].upper()}{title[1:]}",
+            "",
+            _table(TRANSFORMER_HEADER, layer_rows),
+        ]
+    return lines
 
 
 def _fallback_section(report: Report) -> list[str]:
@@ -122,6 +149,7 @@ def render_markdown(report: Report) -> str:
                 for i, s in enumerate(report.stages, 1)
             ],
         ),
+        *_steps_section(report),
         *_fallback_section(report),
         *_auto_section(report),
         *_latency_section(report),

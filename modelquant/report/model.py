@@ -105,12 +105,33 @@ class Gate(_Model):
     )
 
 
+class StepQuality(_Model):
+    """The model as one stage left it, scored on the evaluation data against the baseline: what
+    that step cost, before the next one."""
+
+    metric: str = Field(description="top1 (accuracy on the labels) or cosine (to the baseline).")
+    value: float = Field(description="The metric's value.")
+    agreement: float = Field(
+        description="Share of samples with the baseline's top-1 class (embeddings: the same "
+        "nearest neighbour among the evaluation samples)."
+    )
+    cosine_p5: float | None = Field(None, description="Embeddings: 5th percentile of the cosine.")
+    cosine_min: float | None = Field(None, description="Embeddings: the lowest cosine.")
+    params: int = Field(description="Parameters of the model at that point.")
+    runtime: str = Field(description="What ran it: torch (a torch stage) or onnxruntime cpu.")
+
+
 class StageEntry(_Model):
     name: str
     settings: dict[str, Any]
     seconds: float
     cached: bool = False
     details: dict[str, Any] = Field(default_factory=dict)
+    quality: StepQuality | None = Field(
+        None,
+        description="The model after this stage on the evaluation data (the accuracy cost of "
+        "each step); the last stage's equals the compressed model's CPU figures.",
+    )
 
 
 class BackendStatus(_Model):

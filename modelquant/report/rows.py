@@ -140,9 +140,81 @@ def _entries(n: int) -> str:
     return f"{n} {'entry' if n == 1 else 'entries'} (in report.json)"
 
 
-_OWN_SECTION = frozenset({"gate", "fallback", "layers", "auto"})
+_OWN_SECTION = frozenset({"gate", "fallback", "layers", "auto", "transformer_layers"})
 """Details shown in their own table (gates, fallback rounds, per-layer sensitivity, the
-candidates of quantize mode auto)."""
+candidates of quantize mode auto, heads and widths of a pruned transformer)."""
+
+
+STEP_HEADER = ["after", "metric", "agreement", "cosine p5 / min", "parameters", "run by"]
+
+
+def step_rows(report: Report) -> list[list[str]]:
+    """The model as loaded, then after each stage, on the evaluation data: the metric, the
+    agreement with the baseline (top-1 class, or nearest neighbour), the cosine's tail for
+    embeddings, the parameter count. Empty when no stage was scored."""
+    steps = [(i, s) for i, s in enumerate(report.stages, 1) if s.quality is not None]
+    if not steps:
+        return []
+    base = report.baseline
+    tail = "1 / 1" if base.metric == "cosine" else ""
+    rows = [
+        [
+            "loaded model",
+            fmt_metric(base.metric, base.accuracy),
+            "100.00%",
+            tail,
+            f"{base.params:,}",
+            "onnxruntime cpu",
+        ]
+    ]
+    for i, stage in steps:
+        q = stage.quality
+        assert q is not None
+        cos = f"{q.cosine_p5:.4f} / {q.cosine_min:.4f}" if q.cosine_p5 is not None else ""
+        rows.append(
+            [
+                f"{i} {stage.name}",
+                fmt_metric(q.metric, q.value),
+                f"{q.agreement:.2%}",
+                cos,
+                f"{q.params:,}",
+                q.runtime,
+            ]
+        )
+    return rows
+
+
+TRANSFORMER_HEADER = [
+    "layer",
+    "heads before",
+    "heads after",
+    "heads removed",
+    "FFN before",
+    "FFN after",
+]
+
+
+def transformer_tables(report: Report) -> list[tuple[str, list[list[str]]]]:
+    """(title, rows) per stage that pruned a transformer: heads and feed-forward width per layer
+    before and after, with the original indexes of the heads removed."""
+    found = []
+    for i, stage in enumerate(report.stages, 1):
+        layers = stage.details.get("transformer_layers")
+        if not isinstance(layers, dict):
+            continue
+        rows = [
+            [
+                str(n),
+                str(v["heads_before"]),
+                str(v["heads_after"]),
+                ", ".join(map(str, v.get("heads_removed", []))) or "none",
+                str(v["ffn_before"]),
+                str(v["ffn_after"]),
+            ]
+            for n, v in sorted(layers.items(), key=lambda kv: int(kv[0]))
+        ]
+        found.append((f"stage {i} {stage.name}: attention heads and FFN width per layer", rows))
+    return found
 
 
 def stage_notes(settings: dict[str, Any], details: dict[str, Any]) -> str:

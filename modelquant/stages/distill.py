@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelquant.errors import UserError
+from modelquant.layer_rules import check_rule, rule_matches
 from modelquant.models.spec import ModelSpec
+from modelquant.models.transformer import keep_layers
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
 from modelquant.stages.finetune import (
     FinetuneConfig,
@@ -17,6 +19,7 @@ from modelquant.stages.finetune import (
     call,
     deterministic,
     finetune,
+    similarity_to,
 )
 from modelquant.stages.prune import layer_weight
 from modelquant.state import ModelState, parameter_counts
@@ -28,21 +31,101 @@ if TYPE_CHECKING:
 class LossWeights(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kl: float = Field(0.7, ge=0, description="KL on temperature-softened logits (scaled by T^2).")
-    task: float | list[float] = Field(
-        0.3,
-        description="Cross-entropy on the labels; a list weighs each output of a multi-head model.",
+    kl: float | None = Field(
+        None,
+        ge=0,
+        description="KL on temperature-softened logits (scaled by T^2). Default 0.7 for "
+        "classification, 0 for feature extraction.",
     )
-    feature: float = Field(0.0, ge=0, description="MSE between the paired intermediate features.")
+    task: float | list[float] | None = Field(
+        None,
+        description="Cross-entropy on the labels; a list weighs each output of a multi-head model. "
+        "Default 0.3 for classification, 0 for feature extraction (no labels).",
+    )
+    feature: float = Field(
+        0.0,
+        ge=0,
+        description="MSE between the paired intermediate features (hidden states of the mapped "
+        "layers for a student made from the teacher's layers).",
+    )
+    cosine: float | None = Field(
+        None,
+        ge=0,
+        description="feature extraction: 1 - cosine between the student's and the teacher's pooled "
+        "sentence embeddings. Default 1 for feature extraction.",
+    )
+    mse: float = Field(
+        0.0, ge=0, description="feature extraction: MSE between the pooled sentence embeddings."
+    )
 
     @model_validator(mode="after")
-    def _some_weight(self) -> LossWeights:
-        task = self.task if isinstance(self.task, list) else [self.task]
+    def _non_negative(self) -> LossWeights:
+        task = self.task if isinstance(self.task, list) else [self.task or 0.0]
         if any(w < 0 for w in task):
             raise ValueError("loss weights are >= 0")
-        if self.kl == 0 and sum(task) == 0 and self.feature == 0:
-            raise ValueError("give at least one loss term a weight above 0")
         return self
+
+    def resolved(self, task: str) -> LossWeights:
+        """The weights with the task's defaults filled in; bad input where a term cannot apply
+        to the task or none is left above 0."""
+        embeddings = task == "feature-extraction"
+        if embeddings:
+            for name in ("kl", "task"):
+                value = getattr(self, name)
+                if any(value if isinstance(value, list) else [value or 0.0]):
+                    raise UserError(
+                        f"distill losses.{name}: a feature-extraction model has no logits or "
+                        "labels; use losses.cosine / losses.mse (and feature) instead"
+                    )
+            done = self.model_copy(
+                update={
+                    "kl": 0.0,
+                    "task": 0.0,
+                    "cosine": 1.0 if self.cosine is None else self.cosine,
+                }
+            )
+        else:
+            if self.cosine or self.mse:
+                raise UserError(
+                    "distill losses.cosine and losses.mse compare sentence embeddings; for a "
+                    "classifier use kl, task and feature"
+                )
+            done = self.model_copy(
+                update={
+                    "kl": 0.7 if self.kl is None else self.kl,
+                    "task": 0.3 if self.task is None else self.task,
+                    "cosine": 0.0,
+                }
+            )
+        task_w = done.task if isinstance(done.task, list) else [done.task or 0.0]
+        if not (done.kl or sum(task_w) or done.feature or done.cosine or done.mse):
+            raise UserError("distill losses: give at least one loss term a weight above 0")
+        return done
+
+
+class FromTeacher(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layers: list[int] = Field(
+        min_length=1,
+        description="The teacher's transformer layers the student keeps (0-based, increasing), "
+        "initialised from them as DistilBERT was.",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(i < 0 for i in v) or any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("layers: distinct indexes from 0, in increasing order")
+        return v
+
+
+class StudentFromTeacher(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_teacher: FromTeacher = Field(
+        description="A student made of a subset of the teacher's layers (a transformer)."
+    )
 
 
 class FeaturePair(BaseModel):
@@ -56,8 +139,10 @@ class DistillConfig(StageConfig):
     teacher: Literal["baseline"] | ModelSpec = Field(
         "baseline", description="'baseline' (the model as loaded) or a model spec (factory)."
     )
-    student: Literal["current"] | ModelSpec = Field(
-        "current", description="'current' (the model coming in) or a spec of a new architecture."
+    student: Literal["current"] | ModelSpec | StudentFromTeacher = Field(
+        "current",
+        description="'current' (the model coming in), a spec of a new architecture, or "
+        "{from_teacher: {layers: [...]}}: the teacher with only those layers.",
     )
     temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KL term.")
     losses: LossWeights = Field(default_factory=LossWeights)
@@ -70,11 +155,29 @@ class DistillConfig(StageConfig):
     compare_alone: bool = Field(
         False, description="Also train the same student on the labels alone and report both."
     )
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="Student modules left as they are (exact names, 're:<regex>' or "
+        "'type:<Class>'), e.g. [embeddings]: a small corpus would move only the rows of the "
+        "words it holds.",
+    )
+
+    @field_validator("freeze")
+    @classmethod
+    def _valid_rules(cls, rules: list[str]) -> list[str]:
+        return [check_rule(rule) for rule in rules]
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
-        if self.losses.feature > 0 and not self.features:
-            raise ValueError("losses.feature needs `features` (teacher/student layer pairs)")
+        if (
+            self.losses.feature > 0
+            and not self.features
+            and not isinstance(self.student, StudentFromTeacher)
+        ):
+            raise ValueError(
+                "losses.feature needs `features` (teacher/student layer pairs), or a student "
+                "made from the teacher's layers (its layers are paired with theirs)"
+            )
         for spec in (self.teacher, self.student):
             if isinstance(spec, ModelSpec) and spec.factory is None:
                 raise ValueError("teacher and student specs need a torch factory, not an ONNX file")
@@ -82,6 +185,8 @@ class DistillConfig(StageConfig):
 
 
 def _first(out: Any) -> torch.Tensor:
+    if hasattr(out, "to_tuple"):  # a transformers ModelOutput
+        out = out.to_tuple()
     return out[0] if isinstance(out, tuple | list) else out
 
 
@@ -173,34 +278,89 @@ class Distill(Stage):
         return module
 
     def skeleton(self, state: ModelState, ctx: StageContext) -> torch.nn.Module:
-        if self.config.student == "current":
+        student = self.config.student
+        if student == "current":
             return super().skeleton(state, ctx)
-        return self._load(self.config.student, ctx)
+        if isinstance(student, StudentFromTeacher):
+            return keep_layers(self._teacher(ctx), student.from_teacher.layers)
+        return self._load(student, ctx)
+
+    def _teacher(self, ctx: StageContext) -> torch.nn.Module:
+        if self.config.teacher == "baseline":
+            if ctx.baseline.module is None:
+                raise UserError(
+                    "distill teacher 'baseline' needs a torch model (model.factory or model.hf)"
+                )
+            return copy.deepcopy(ctx.baseline.module)
+        return self._load(self.config.teacher, ctx)
+
+    def _student(
+        self, state: ModelState, ctx: StageContext, teacher: torch.nn.Module
+    ) -> torch.nn.Module:
+        student = self.config.student
+        if student == "current":
+            assert state.module is not None
+            return copy.deepcopy(state.module)
+        if isinstance(student, StudentFromTeacher):
+            return keep_layers(teacher, student.from_teacher.layers)
+        return self._load(student, ctx)
+
+    def _freeze(self, student: torch.nn.Module) -> list[str]:
+        """Turn off training of the modules `freeze` names; the names frozen."""
+        rules = self.config.freeze
+        hits = dict.fromkeys(rules, 0)
+        frozen = []
+        for name, module in student.named_modules():
+            if not name:
+                continue
+            kind = type(module).__name__
+            for rule in rules:
+                if rule_matches(rule, [name], kind):
+                    hits[rule] += 1
+                    frozen.append(name)
+                    for p in module.parameters():
+                        p.requires_grad_(False)
+                    break
+        unused = [rule for rule, n in hits.items() if n == 0]
+        if unused:
+            raise UserError(f"distill freeze rule(s) {unused} match no module of the student")
+        return frozen
 
     def run(self, state: ModelState, ctx: StageContext) -> ModelState:
-        import torch
-
         cfg = self.config
-        if cfg.teacher == "baseline":
-            if ctx.baseline.module is None:
-                raise UserError("distill teacher 'baseline' needs a torch model (model.factory)")
-            teacher = copy.deepcopy(ctx.baseline.module)
-        else:
-            teacher = self._load(cfg.teacher, ctx)
-        if cfg.student == "current":
-            assert state.module is not None
-            student = copy.deepcopy(state.module)
-        else:
-            student = self._load(cfg.student, ctx)
+        losses = cfg.losses.resolved(ctx.task)
+        teacher = self._teacher(ctx)
+        student = self._student(state, ctx, teacher)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+        frozen = self._freeze(student)
+        if ctx.task == "feature-extraction":
+            student = self._embeddings(student, teacher, losses, ctx)
+        else:
+            student = self._classifier(student, teacher, losses, ctx)
+        if frozen:
+            ctx.details["frozen"] = frozen
+        for p in student.parameters():
+            p.requires_grad_(True)
+        return state.replace(module=student.eval())
+
+    def _classifier(
+        self,
+        student: torch.nn.Module,
+        teacher: torch.nn.Module,
+        losses: LossWeights,
+        ctx: StageContext,
+    ) -> torch.nn.Module:
+        import torch
+
+        cfg = self.config
         start = copy.deepcopy(student)  # the same starting point for the student-alone run
         validation = ctx.data("validation")
         train = ctx.data("train")
         sample = train.sample_batch(2)
-        task_weights = self._task_weights(student, teacher, sample)
-        projections = self._projections(teacher, student, sample, ctx)
+        task_weights = self._task_weights(student, teacher, sample, losses)
+        projections = self._projections(teacher, student, sample, ctx, cfg.features)
         extra = [p for m in projections.values() for p in m.parameters()]
         # A pruned incoming model keeps its zeros while it learns (and so does its alone twin).
         held = hold_zeros(student) if cfg.student == "current" else []
@@ -241,17 +401,17 @@ class Distill(Stage):
             s_out = call(model, inputs)
             s_heads = list(s_out) if isinstance(s_out, tuple | list) else [s_out]
             loss = task_loss(s_heads, labels, task_weights)
-            if cfg.losses.kl:
+            if losses.kl:
                 kl = F.kl_div(
                     F.log_softmax(s_heads[0] / temperature, dim=-1),
                     F.softmax(_first(t_out) / temperature, dim=-1),
                     reduction="batchmean",
                 )
-                loss = loss + cfg.losses.kl * temperature**2 * kl
-            if cfg.losses.feature:
+                loss = loss + losses.kl * temperature**2 * kl
+            if losses.feature:
                 for pair in cfg.features:
                     projected = projections[pair.student](s_taps.outputs[pair.student])
-                    loss = loss + cfg.losses.feature * F.mse_loss(
+                    loss = loss + losses.feature * F.mse_loss(
                         projected, t_taps.outputs[pair.teacher]
                     )
             return loss
@@ -287,12 +447,101 @@ class Distill(Stage):
                 student_alone_accuracy=alone,
                 distillation_gain_pt=(student_acc - alone) * 100,
             )
-        for p in student.parameters():
-            p.requires_grad_(True)
-        return state.replace(module=student.eval())
+        return student
+
+    def _embeddings(
+        self,
+        student: torch.nn.Module,
+        teacher: torch.nn.Module,
+        losses: LossWeights,
+        ctx: StageContext,
+    ) -> torch.nn.Module:
+        """Train a sentence encoder to give the teacher's pooled embeddings (and, with
+        `losses.feature`, the hidden states of the mapped layers) on unlabeled text."""
+        import time
+
+        import torch
+        import torch.nn.functional as F
+
+        from modelquant.models.transformer import layer_stack, pooled
+
+        cfg = self.config
+        if cfg.compare_alone:
+            raise UserError(
+                "distill compare_alone trains the student on labels; a feature-extraction model "
+                "has none: remove compare_alone"
+            )
+        pairs = list(cfg.features)
+        if losses.feature and not pairs and isinstance(cfg.student, StudentFromTeacher):
+            stack, _ = layer_stack(student)
+            pairs = [
+                FeaturePair(teacher=f"{stack}.{t}", student=f"{stack}.{i}")
+                for i, t in enumerate(cfg.student.from_teacher.layers)
+            ]
+        elif losses.feature and not pairs:
+            raise UserError(
+                "distill losses.feature needs `features` (teacher/student layer pairs) unless the "
+                "student is made from the teacher's layers"
+            )
+        validation = ctx.data("validation")
+        train = ctx.data("train")
+        projections = self._projections(teacher, student, train.sample_batch(2), ctx, pairs)
+        extra = [p for m in projections.values() for p in m.parameters()]
+        t_taps = _FeatureTaps(teacher, [f.teacher for f in pairs])
+        s_taps = _FeatureTaps(student, [f.student for f in pairs])
+        before = similarity_to(student, teacher, validation)
+
+        def loss_fn(
+            model: torch.nn.Module, inputs: TensorBatch, labels: torch.Tensor | None
+        ) -> torch.Tensor:
+            mask = inputs["attention_mask"]
+            with torch.no_grad():
+                target = pooled(_first(call(teacher, inputs)), mask)
+            got = pooled(_first(call(model, inputs)), mask)
+            loss = torch.zeros(())
+            if losses.cosine:
+                loss = loss + losses.cosine * (1 - (got * target).sum(dim=-1)).mean()
+            if losses.mse:
+                loss = loss + losses.mse * F.mse_loss(got, target)
+            for pair in pairs:
+                projected = projections[pair.student](s_taps.outputs[pair.student])
+                loss = loss + losses.feature * F.mse_loss(projected, t_taps.outputs[pair.teacher])
+            return loss
+
+        if "attention_mask" not in train.inputs:
+            raise UserError(
+                "distill of a sentence encoder needs text data with an attention_mask (source: "
+                "text) in data.train"
+            )
+        start = time.perf_counter()
+        try:
+            curve = finetune(
+                student, ctx, cfg.finetune, loss_fn, extra, label="distill", needs_labels=False
+            )
+        finally:
+            t_taps.close()
+            s_taps.close()
+        seconds = time.perf_counter() - start
+        after = similarity_to(student, teacher, validation)
+        ctx.details.update(
+            similarity_on=validation.description,
+            teacher_params=parameter_counts(teacher)[0],
+            student_params=parameter_counts(student)[0],
+            train_data=train.description,
+            train_samples=len(train),
+            train_seconds=round(seconds, 1),
+            similarity_before=before,
+            similarity_after=after,
+            loss=curve,
+        )
+        if isinstance(cfg.student, StudentFromTeacher):
+            ctx.details["layers_kept"] = list(cfg.student.from_teacher.layers)
+        if pairs:
+            ctx.details["feature_pairs"] = {p.student: p.teacher for p in pairs}
+        return student
 
     def _task_weights(
-        self, student: torch.nn.Module, teacher: torch.nn.Module, sample: Any
+        self, student: torch.nn.Module, teacher: torch.nn.Module, sample: Any, losses: LossWeights
     ) -> list[float]:
         """One task weight per student output: a list must name every output; one number weighs
         the first output (the others are then left out of the task term). A student that cannot
@@ -323,7 +572,7 @@ class Distill(Stage):
                 f"{tuple(ref.shape)}: give a student with the teacher's number of classes"
             )
         heads = len(out) if isinstance(out, tuple | list) else 1
-        task = self.config.losses.task
+        task = losses.task if losses.task is not None else 0.0
         if isinstance(task, list):
             if len(task) != heads:
                 raise UserError(
@@ -334,13 +583,17 @@ class Distill(Stage):
         return [task] + [0.0] * (heads - 1)
 
     def _projections(
-        self, teacher: torch.nn.Module, student: torch.nn.Module, sample: Any, ctx: StageContext
+        self,
+        teacher: torch.nn.Module,
+        student: torch.nn.Module,
+        sample: Any,
+        ctx: StageContext,
+        pairs: list[FeaturePair],
     ) -> dict[str, torch.nn.Module]:
         """One learned projection per feature pair, sized by a probe forward pass."""
         import numpy as np
         import torch
 
-        pairs = self.config.features
         if not pairs:
             return {}
         t_taps = _FeatureTaps(teacher, [f.teacher for f in pairs])

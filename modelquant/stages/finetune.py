@@ -34,6 +34,11 @@ class FinetuneConfig(BaseModel):
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
+    lr_schedule: Literal["constant", "linear"] = Field(
+        "constant",
+        description="constant: lr throughout; linear: warm up over the first 6 % of the steps, "
+        "then decay linearly to 0 (how transformers are fine-tuned).",
+    )
 
 
 def train_data(ctx: StageContext, needs_labels: bool = True) -> Dataset:
@@ -115,6 +120,16 @@ def finetune(
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch_losses: list[float] = []
     steps_per_epoch = -(-samples // cfg.batch_size)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    warmup = max(1, round(0.06 * total_steps))
+
+    def factor(done: int) -> float:
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        decay = max(0.0, (total_steps - done) / max(1, total_steps - warmup))
+        return min((done + 1) / warmup, decay)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     with (
         deterministic(ctx.seed),
         progress.task(label, total=cfg.epochs * steps_per_epoch, unit="steps") as bar,
@@ -122,10 +137,8 @@ def finetune(
         order_rng = torch.Generator().manual_seed(ctx.seed)
         model.train()
         for epoch in range(cfg.epochs):
-            order = torch.randperm(samples, generator=order_rng)
             total = 0.0
-            for start in range(0, samples, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
+            for idx in epoch_batches(samples, cfg.batch_size, order_rng, lengths):
                 batch = {n: x[idx] for n, x in xs.items()}
                 if lengths is not None:
                     longest = int(lengths[idx].max())
@@ -134,6 +147,7 @@ def finetune(
                 loss = loss_fn(model, batch, None if ys is None else ys[idx])
                 loss.backward()
                 opt.step()
+                scheduler.step()
                 value = float(loss.detach())
                 total += value * len(idx)
                 bar.advance(info=f"loss {value:.4f}")
@@ -147,6 +161,27 @@ def finetune(
     }
 
 
+def epoch_batches(
+    samples: int, batch_size: int, rng: torch.Generator, lengths: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """One epoch's batches of sample indices, in a seeded random order. Text (per-sample lengths)
+    is batched by length: the shuffled samples are sorted within windows of 16 batches and the
+    batches then shuffled, so a batch of short sentences is not padded to a long one's length
+    (the order stays random between windows and between batches)."""
+    import torch
+
+    order = torch.randperm(samples, generator=rng)
+    if lengths is None:
+        return list(order.split(batch_size))
+    batches: list[torch.Tensor] = []
+    window = batch_size * 16
+    for start in range(0, samples, window):
+        chunk = order[start : start + window]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(chunk.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=rng)]
+
+
 def accuracy(model: torch.nn.Module, data: Dataset, batch_size: int = 256) -> float:
     """Top-1 accuracy of a torch classifier on a labelled dataset."""
     from modelquant.metrics import top1
@@ -156,3 +191,46 @@ def accuracy(model: torch.nn.Module, data: Dataset, batch_size: int = 256) -> fl
     model.eval()
     outs = [torch_forward(model, batch) for batch, _ in data.batches(batch_size)]
     return top1(np.concatenate(outs), data.labels)
+
+
+def similarity_to(
+    model: torch.nn.Module, reference: torch.nn.Module, data: Dataset, batch_size: int = 32
+) -> dict[str, Any]:
+    """How close a sentence encoder's embeddings are to a reference model's on `data`: cosine
+    mean / p5 / min and nearest-neighbour agreement, pooled as the metric pools them."""
+    from modelquant.state import torch_forward
+    from modelquant.tasks import FEATURE_EXTRACTION as task
+
+    model.eval()
+    reference.eval()
+    got, want = [], []
+    for batch, _ in data.batches(batch_size):
+        got.append(task.reduce(batch, torch_forward(model, batch)))
+        want.append(task.reduce(batch, torch_forward(reference, batch)))
+    stats = task.similarity(np.concatenate(got), np.concatenate(want))
+    assert stats is not None
+    return stats
+
+
+def cosine_loss(reference: torch.nn.Module) -> LossFn:
+    """1 - cosine between a sentence encoder's pooled embeddings and `reference`'s on the same
+    batch: fine-tuning without labels is distillation from the reference."""
+    import torch
+
+    from modelquant.models.transformer import pooled
+
+    reference.eval()
+
+    def first(out: Any) -> torch.Tensor:
+        if hasattr(out, "to_tuple"):
+            out = out.to_tuple()
+        return out[0] if isinstance(out, tuple | list) else out
+
+    def loss(model: torch.nn.Module, inputs: TensorBatch, labels: torch.Tensor | None) -> Any:
+        mask = inputs["attention_mask"]
+        with torch.no_grad():
+            target = pooled(first(call(reference, inputs)), mask)
+        got = pooled(first(call(model, inputs)), mask)
+        return (1 - (got * target).sum(dim=-1)).mean()
+
+    return loss

@@ -4,14 +4,25 @@ pruning through torch-pruning, one-shot or gradual, with fine-tuning."""
 from __future__ import annotations
 
 import copy
+import math
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelquant.errors import StageError, UserError
 from modelquant.layer_rules import check_rule, rule_matches
 from modelquant.stages.base import Stage, StageConfig, StageContext, register_stage
-from modelquant.stages.finetune import FinetuneConfig, accuracy, deterministic, finetune
+from modelquant.stages.finetune import (
+    FinetuneConfig,
+    LossFn,
+    accuracy,
+    cosine_loss,
+    cross_entropy,
+    deterministic,
+    finetune,
+    similarity_to,
+)
 from modelquant.state import ModelState
 
 if TYPE_CHECKING:
@@ -52,8 +63,24 @@ class PruneConfig(StageConfig):
         default_factory=list,
         description="Layers left alone: exact names, 're:<regex>' or 'type:<Class>'.",
     )
-    importance: Literal["l1", "l2"] = Field(
-        "l1", description="structured: channel importance by L1 or L2 norm of its weights."
+    importance: Literal["l1", "l2", "taylor"] = Field(
+        "l1",
+        description="structured: channel importance by the L1 or L2 norm of its weights, or by a "
+        "first-order Taylor score (|weight x gradient|) of the loss on 64 training samples.",
+    )
+    heads: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="structured, transformers: share of each layer's attention heads removed "
+        "(default: sparsity).",
+    )
+    ffn: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="structured, transformers: share of each layer's feed-forward channels "
+        "removed (default: sparsity).",
     )
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     finetune: FinetuneConfig | None = Field(
@@ -69,6 +96,10 @@ class PruneConfig(StageConfig):
     def _semi_structured_is_half(self) -> PruneConfig:
         if self.method == "semi_structured" and self.sparsity != 0.5:
             raise ValueError("semi_structured (2:4) keeps 2 of every 4 weights: sparsity is 0.5")
+        if self.method != "structured" and (
+            self.heads is not None or self.ffn is not None or self.importance == "taylor"
+        ):
+            raise ValueError("heads, ffn and importance: taylor are for method: structured")
         return self
 
 
@@ -195,16 +226,19 @@ class Prune(Stage):
         model = copy.deepcopy(state.module).eval()  # the baseline stays as loaded
         validation = ctx.data("validation")
         params_before, nonzero_before = parameter_counts(model)
+        metric = self._metric_name(ctx)
         ctx.details.update(
             method=cfg.method,
             asked_sparsity=cfg.sparsity,
             params_before=params_before,
             nonzero_params_before=nonzero_before,
-            accuracy_on=validation.description,
-            accuracy_before=accuracy(model, validation),
+            **{f"{metric}_on": validation.description},
+            **{f"{metric}_before": self._quality(model, ctx)},
         )
         with deterministic(ctx.seed):
-            if cfg.method == "structured":
+            if cfg.method == "structured" and state.hf is not None:
+                model = self._structured_transformer(model, ctx)
+            elif cfg.method == "structured":
                 model = self._structured(model, ctx)
             else:
                 self._unstructured(model, ctx)
@@ -212,19 +246,57 @@ class Prune(Stage):
         ctx.details.update(
             params_after=params_after,
             nonzero_params_after=nonzero_after,
-            accuracy_after=accuracy(model, validation),
+            **{f"{metric}_after": self._quality(model, ctx)},
         )
+        if metric == "cosine":
+            ctx.details["similarity_after"] = similarity_to(model, self._reference(ctx), validation)
         return state.replace(module=model)
+
+    @staticmethod
+    def _metric_name(ctx: StageContext) -> str:
+        return "cosine" if ctx.task == "feature-extraction" else "accuracy"
+
+    @staticmethod
+    def _reference(ctx: StageContext) -> torch.nn.Module:
+        if ctx.baseline.module is None:
+            raise UserError("prune needs the model as a torch module (model.factory or model.hf)")
+        return ctx.baseline.module
+
+    def _quality(self, model: torch.nn.Module, ctx: StageContext) -> float:
+        """On data.validation: top-1 accuracy, or (embeddings) the mean cosine to the model as
+        loaded."""
+        validation = ctx.data("validation")
+        if ctx.task == "feature-extraction":
+            return float(similarity_to(model, self._reference(ctx), validation)["cosine_mean"])
+        return accuracy(model, validation)
+
+    def _loss(self, ctx: StageContext) -> LossFn:
+        """What fine-tuning after a pruning step minimises: the labels' cross-entropy, or (no
+        labels: embeddings) 1 - cosine to the model as loaded, a distillation from it."""
+        if ctx.task == "feature-extraction":
+            return cosine_loss(self._reference(ctx))
+        return cross_entropy
 
     def _after_step(
         self, model: torch.nn.Module, ctx: StageContext, step: int, steps: int, losses: list[Any]
     ) -> None:
         """After a pruning step: the accuracy it left (first step), then fine-tuning if asked."""
         if step == 1:
-            ctx.details["accuracy_pruned_before_finetune"] = accuracy(model, ctx.data("validation"))
+            key = f"{self._metric_name(ctx)}_pruned_before_finetune"
+            ctx.details[key] = self._quality(model, ctx)
         if self.config.finetune is not None:
             label = f"prune step {step}/{steps}"
-            losses.append(finetune(model, ctx, self.config.finetune, label=label))
+            needs_labels = ctx.task != "feature-extraction"
+            losses.append(
+                finetune(
+                    model,
+                    ctx,
+                    self.config.finetune,
+                    self._loss(ctx),
+                    label=label,
+                    needs_labels=needs_labels,
+                )
+            )
 
     # ------------------------------------------------------------------ unstructured
     def _unstructured(self, model: torch.nn.Module, ctx: StageContext) -> None:
@@ -328,6 +400,83 @@ class Prune(Stage):
                 for n, m in layers.items()
             },
             kept_output_layers=[n for n, m in model.named_modules() if m in outputs],
+            finetune=losses,
+        )
+        return model
+
+    # ------------------------------------------------------------------ transformers
+    def _structured_transformer(self, model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
+        """Whole attention heads and feed-forward channels out of every layer of a Hugging Face
+        encoder (torch-pruning's dependency graph), the same share in each layer; the hidden size
+        and embeddings stay. Then fine-tuning, if asked."""
+        import torch
+
+        from modelquant.extras import require
+        from modelquant.models import transformer
+
+        tp: Any = require("torch_pruning", "structured pruning")
+        cfg = self.config
+        if cfg.ignore or cfg.targets != ["Linear", "Conv2d"]:
+            raise UserError(
+                "prune structured on a transformer removes heads and feed-forward channels in "
+                "every layer; targets and ignore do not apply (set heads: and ffn:)"
+            )
+        if cfg.schedule.kind != "oneshot":
+            raise UserError("prune structured on a transformer is one-shot: remove schedule:")
+        heads = cfg.sparsity if cfg.heads is None else cfg.heads
+        ffn = cfg.sparsity if cfg.ffn is None else cfg.ffn
+        before = transformer.shape_summary(model)
+        for i, layer in enumerate(before):
+            if heads and math.ceil(heads * layer["heads"]) >= layer["heads"]:
+                raise UserError(
+                    f"prune heads: {heads} would remove every head of layer {i} "
+                    f"({layer['heads']} heads); keep at least one"
+                )
+        train = ctx.data("train")
+        sample = train.take(64)
+        example = {
+            k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in sample.sample_batch(2).items()
+        }
+        if cfg.importance == "taylor":
+            importance = tp.importance.GroupTaylorImportance()
+        else:
+            importance = tp.importance.GroupMagnitudeImportance(
+                p=1 if cfg.importance == "l1" else 2
+            )
+
+        def taylor(pruned: torch.nn.Module) -> None:
+            """Gradients of the loss on 64 training samples (dropout on, seeded: for embeddings
+            the model is its own reference, so only dropout gives the loss a gradient)."""
+            if cfg.importance != "taylor":
+                return
+            loss_fn = self._loss(ctx)
+            pruned.zero_grad()
+            pruned.train()
+            for batch, labels in sample.batches(16):
+                tensors = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in batch.items()}
+                label_t = None if labels is None else torch.from_numpy(labels)
+                loss_fn(pruned, tensors, label_t).backward()
+            pruned.eval()
+
+        removed = transformer.prune_heads_ffn(model, example, heads, ffn, importance, taylor)
+        model.zero_grad(set_to_none=True)
+        losses: list[Any] = []
+        self._after_step(model, ctx, 1, 1, losses)
+        after = transformer.shape_summary(model)
+        ctx.details.update(
+            importance=cfg.importance,
+            heads_share=heads,
+            ffn_share=ffn,
+            transformer_layers={
+                str(i): {
+                    "heads_before": b["heads"],
+                    "heads_after": a["heads"],
+                    "heads_removed": removed.get(i, []),
+                    "ffn_before": b["ffn"],
+                    "ffn_after": a["ffn"],
+                }
+                for i, (b, a) in enumerate(zip(before, after, strict=True))
+            },
             finetune=losses,
         )
         return model
