@@ -67,11 +67,9 @@ def generate_texts(
     def pick(items: Sequence[str]) -> str:
         return items[int(rng.integers(len(items)))]
 
-    def span() -> str:
+    def span() -> str:  # shorter than its sentence, so never a copy of it
         words = pick(pool).split()
-        length = int(rng.integers(3, 17))
-        if len(words) <= length:
-            return " ".join(words)
+        length = min(int(rng.integers(3, 17)), max(1, len(words) - 1))
         start = int(rng.integers(len(words) - length + 1))
         return " ".join(words[start : start + length])
 
@@ -83,10 +81,12 @@ def generate_texts(
     def pair() -> str:
         return f"{pick(pool)} {pick(pool)}"
 
-    def dropout() -> str:
+    def dropout() -> str:  # at least one word goes
         words = pick(pool).split()
         kept = [w for w in words if rng.random() >= 0.15]
-        return " ".join(kept if len(kept) >= 2 else words)
+        if len(kept) == len(words) and len(words) > 1:
+            kept.pop(int(rng.integers(len(kept))))
+        return " ".join(kept if kept else words)
 
     def template() -> str:
         frame = pick(_TEMPLATES)

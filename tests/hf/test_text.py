@@ -108,3 +108,70 @@ def test_an_empty_text_cell_is_named(tiny_bert: Path, tmp_path: Path) -> None:
     path.write_text('text\nhello\n""\n')
     with pytest.raises(UserError, match="row 2: column 'text' is empty"):
         load_dataset(spec(path, tiny_bert, split="all"), Path())
+
+
+def test_generated_text_is_deterministic_and_made_only_of_the_splits_words(
+    tiny_bert: Path, sentences_csv: Path
+) -> None:
+    from modelquant.data.augment import KINDS, VOCABULARY_KINDS, generate_texts
+
+    source = [SENTENCES[i] for i in split_rows(len(SENTENCES), "calibration")]
+    held_out = [SENTENCES[i] for i in split_rows(len(SENTENCES), "evaluation")]
+    texts = generate_texts(source, 70)
+    assert len(texts) == 70 and texts == generate_texts(source, 70)
+    assert texts != generate_texts(source, 70, seed=1)
+    assert not set(texts) & set(source)  # new texts, not copies
+    split_words = {w.strip(".,;:?!—-") for s in source for w in s.split()}
+    frame_words = {
+        "can",
+        "you",
+        "tell",
+        "me",
+        "about",
+        "i",
+        "read",
+        "that",
+        "according",
+        "to",
+        "the",
+        "notes",
+        "question",
+        "note",
+        "self",
+        "is",
+        "it",
+        "true",
+        "someone",
+        "said",
+        "and",
+        "meanwhile",
+        "summary",
+        "but",
+        "because",
+        "",
+    }
+    only_held_out = (
+        {w.strip(".,;:?!—-").lower() for s in held_out for w in s.split()}
+        - {w.lower() for w in split_words}
+        - frame_words
+    )
+    used = {w.strip(".,;:?!—-").lower() for t in texts for w in t.split()}
+    assert not used & only_held_out  # no word that only the held-out sentences have
+    # With a vocabulary, two more kinds; every kind is dealt out in turn.
+    with_vocab = generate_texts(source, 70, vocabulary=["zebra", "quartz"])
+    assert len(KINDS + VOCABULARY_KINDS) == 7 and sum("zebra" in t for t in with_vocab) >= 5
+    # Through the recipe: the split's rows, then the generated ones, named in the description.
+    data = load_dataset(
+        spec(sentences_csv, tiny_bert, text="sentence", split="calibration", generate=25), Path()
+    )
+    assert len(data) == len(source) + 25
+    assert data.description.endswith("calibration+25 generated")
+
+
+def test_generating_labelled_or_paired_rows_is_bad_input(tiny_bert: Path, tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"a": s, "b": s, "y": 0}) for s in SENTENCES))
+    with pytest.raises(UserError, match="generate: makes unlabeled single texts"):
+        load_dataset(
+            spec(path, tiny_bert, text="a", labels="y", split="calibration", generate=5), Path()
+        )
