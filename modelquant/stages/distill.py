@@ -18,6 +18,7 @@ from modelquant.stages.finetune import (
     accuracy,
     call,
     deterministic,
+    embeddings,
     finetune,
     similarity_to,
 )
@@ -489,7 +490,8 @@ class Distill(Stage):
         extra = [p for m in projections.values() for p in m.parameters()]
         t_taps = _FeatureTaps(teacher, [f.teacher for f in pairs])
         s_taps = _FeatureTaps(student, [f.student for f in pairs])
-        before = similarity_to(student, teacher, validation)
+        anchor = embeddings(teacher, validation)
+        before = similarity_to(student, anchor, validation)
 
         def loss_fn(
             model: torch.nn.Module, inputs: TensorBatch, labels: torch.Tensor | None
@@ -522,7 +524,7 @@ class Distill(Stage):
             t_taps.close()
             s_taps.close()
         seconds = time.perf_counter() - start
-        after = similarity_to(student, teacher, validation)
+        after = similarity_to(student, anchor, validation)
         ctx.details.update(
             similarity_on=validation.description,
             teacher_params=parameter_counts(teacher)[0],

@@ -193,21 +193,29 @@ def accuracy(model: torch.nn.Module, data: Dataset, batch_size: int = 256) -> fl
     return top1(np.concatenate(outs), data.labels)
 
 
-def similarity_to(
-    model: torch.nn.Module, reference: torch.nn.Module, data: Dataset, batch_size: int = 32
-) -> dict[str, Any]:
-    """How close a sentence encoder's embeddings are to a reference model's on `data`: cosine
-    mean / p5 / min and nearest-neighbour agreement, pooled as the metric pools them."""
+def embeddings(model: torch.nn.Module, data: Dataset, batch_size: int = 32) -> np.ndarray:
+    """A sentence encoder's pooled, normalized embeddings of `data`, as the metric makes them."""
     from modelquant.state import torch_forward
     from modelquant.tasks import FEATURE_EXTRACTION as task
 
     model.eval()
-    reference.eval()
-    got, want = [], []
-    for batch, _ in data.batches(batch_size):
-        got.append(task.reduce(batch, torch_forward(model, batch)))
-        want.append(task.reduce(batch, torch_forward(reference, batch)))
-    stats = task.similarity(np.concatenate(got), np.concatenate(want))
+    return np.concatenate(
+        [task.reduce(batch, torch_forward(model, batch)) for batch, _ in data.batches(batch_size)]
+    )
+
+
+def similarity_to(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | np.ndarray,
+    data: Dataset,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """How close a sentence encoder's embeddings are to a reference model's on `data` (or to
+    its `embeddings`, computed once): cosine mean / p5 / min and nearest-neighbour agreement."""
+    from modelquant.tasks import FEATURE_EXTRACTION as task
+
+    want = reference if isinstance(reference, np.ndarray) else embeddings(reference, data)
+    stats = task.similarity(embeddings(model, data, batch_size), want)
     assert stats is not None
     return stats
 

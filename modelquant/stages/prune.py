@@ -20,6 +20,7 @@ from modelquant.stages.finetune import (
     cosine_loss,
     cross_entropy,
     deterministic,
+    embeddings,
     finetune,
     similarity_to,
 )
@@ -186,6 +187,8 @@ class Prune(Stage):
     produces = "torch"
     data_roles: ClassVar[tuple[str, ...]] = ("train", "validation")
     config: PruneConfig
+    _anchor: np.ndarray | None = None
+    """data.validation embedded by the model as loaded (sentence encoders), for this run."""
 
     def requires(self, targets: tuple[str, ...]) -> dict[str, str]:
         if self.config.method == "structured":
@@ -227,6 +230,8 @@ class Prune(Stage):
         validation = ctx.data("validation")
         params_before, nonzero_before = parameter_counts(model)
         metric = self._metric_name(ctx)
+        # The model as loaded, embedded once: every cosine of the stage is to it.
+        self._anchor = embeddings(self._reference(ctx), validation) if metric == "cosine" else None
         ctx.details.update(
             method=cfg.method,
             asked_sparsity=cfg.sparsity,
@@ -249,7 +254,8 @@ class Prune(Stage):
             **{f"{metric}_after": self._quality(model, ctx)},
         )
         if metric == "cosine":
-            ctx.details["similarity_after"] = similarity_to(model, self._reference(ctx), validation)
+            assert self._anchor is not None
+            ctx.details["similarity_after"] = similarity_to(model, self._anchor, validation)
         return state.replace(module=model)
 
     @staticmethod
@@ -267,7 +273,8 @@ class Prune(Stage):
         loaded."""
         validation = ctx.data("validation")
         if ctx.task == "feature-extraction":
-            return float(similarity_to(model, self._reference(ctx), validation)["cosine_mean"])
+            assert self._anchor is not None
+            return float(similarity_to(model, self._anchor, validation)["cosine_mean"])
         return accuracy(model, validation)
 
     def _loss(self, ctx: StageContext) -> LossFn:
