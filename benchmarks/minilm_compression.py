@@ -125,11 +125,11 @@ def main() -> None:
         latency = measure_latency(
             {"baseline": baseline, **paths}, cpu, BATCH_SIZES, feeds_from(data), settings
         )
-    rows["fp32"]["ms"] = {bs: st.p50 for bs, st in latency.stats["baseline"].items()}
+    rows["fp32"]["ms"] = {str(bs): st.p50 for bs, st in latency.stats["baseline"].items()}
     for name in paths:
-        rows[name]["ms"] = {bs: st.p50 for bs, st in latency.stats[name].items()}
+        rows[name]["ms"] = {str(bs): st.p50 for bs, st in latency.stats[name].items()}
         rows[name]["speedup"] = {
-            bs: [s.value, *s.ci95] for bs, s in latency.role_speedups[name].items()
+            str(bs): [s.value, *s.ci95] for bs, s in latency.role_speedups[name].items()
         }
     for row in rows.values():
         row["size_ratio"] = row["size_bytes"] / base_size
@@ -153,11 +153,11 @@ def main() -> None:
     fp = rows["fp32"]
     print(
         f"| FP32 | {fp['size_bytes'] / 1e6:.1f} MB (1x) | {fp['params'] / 1e6:.2f} M | 1 / 1 | "
-        f"100 % | {fp['ms'][1]:.1f} ms | {fp['ms'][8]:.0f} ms | |"
+        f"100 % | {fp['ms']['1']:.1f} ms | {fp['ms']['8']:.0f} ms | |"
     )
     for name in paths:
         r = rows[name]
-        s1, s8 = r["speedup"][1], r["speedup"][8]
+        s1, s8 = r["speedup"]["1"], r["speedup"]["8"]
         print(
             f"| {name} | {r['size_bytes'] / 1e6:.1f} MB ({r['size_ratio']:.3f}x) | "
             f"{r['params'] / 1e6:.2f} M | {r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | "
