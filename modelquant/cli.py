@@ -344,6 +344,8 @@ def _run_guarded(  # type: ignore[no-untyped-def]
             code, said = distributed.conclude(code, plain, error)
             if said != plain:
                 line = escape(said) if said else ""
+            elif line and process_rank() != 0:  # failed before it joined the others
+                line = f"rank {process_rank()}: {line}"
             if line:
                 _say(line)
             if code != EXIT_OK or exited:

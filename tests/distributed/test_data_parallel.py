@@ -151,3 +151,15 @@ def test_a_torch_stage_trained_by_several_ranks_has_its_own_cache_key(
 
     assert len({key(distill, ctx), key(distill, two), key(distill, int8)}) == 3
     assert key(quantize, ctx) == key(quantize, two)  # rank 0 alone quantizes
+
+
+def test_a_rank_other_than_0_prints_only_its_errors_named_by_rank(
+    write_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    bad = write_recipe(text="name: tiny\nbogus: 1\n")
+    result = CliRunner().invoke(app, ["compress", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rank 1: bad input: "), result.output
