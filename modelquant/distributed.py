@@ -251,15 +251,16 @@ def _is_collective_error(exc: BaseException) -> bool:
 
 
 def _peer_failure(session: _Session, stage: str, exc: BaseException) -> PeerFailed | None:
-    """Whether `exc` came from another rank's failure: then the error that names that rank."""
+    """Whether `exc`, a broken collective, came from another rank's failure: then the error that
+    names that rank. Any other error is this rank's own (None)."""
+    if not _is_collective_error(exc):
+        return None
     world = session.world
     size, me = world.size, world.rank
     others = [r for r in range(1, size) if r != me] + ([0] if me != 0 else [])
-    broken = _is_collective_error(exc)
     try:
-        if broken:
-            session.store.set(session.key(f"alive/{me}"), "1")
-        deadline = time.monotonic() + (min(GRACE_S, world.config.timeout_s) if broken else 0)
+        session.store.set(session.key(f"alive/{me}"), "1")
+        deadline = time.monotonic() + min(GRACE_S, world.config.timeout_s)
         while True:
             for r in others:  # followers first: rank 0 relays their failures
                 line = session.posted(f"failed/{r}")
@@ -267,7 +268,7 @@ def _peer_failure(session: _Session, stage: str, exc: BaseException) -> PeerFail
                     session.gone.add(r)
                     return PeerFailed(stage, r, f"rank {r} of {size} failed: {line}", False)
             silent = [r for r in others if session.posted(f"alive/{r}") is None]
-            if not broken or not silent:
+            if not silent:
                 return None
             if time.monotonic() >= deadline:
                 session.gone.update(silent)
@@ -281,8 +282,6 @@ def _peer_failure(session: _Session, stage: str, exc: BaseException) -> PeerFail
                 )
             time.sleep(0.2)
     except Exception:  # the store is gone: it lived in rank 0 (a plain launch), or the launcher
-        if not broken:
-            return None
         session.gone.add(0)
         return PeerFailed(stage, 0, _rank0_gone(size), True)
 
@@ -372,8 +371,9 @@ def _lead_concludes(session: _Session, code: int, line: str | None) -> tuple[int
             patience = ACK_S
         deadline = time.monotonic() + patience
         while readers and time.monotonic() < deadline:
+            readers = [r for r in readers if session.posted(f"failed/{r}") is None]
             if int(session.store.add(session.key("read"), 0)) >= len(readers):
-                break
+                break  # (a follower that fails meanwhile reads nothing: nobody waits for it)
             time.sleep(0.1)
     except Exception:  # the launcher's store went away: nothing left to tell
         pass
