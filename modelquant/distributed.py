@@ -477,8 +477,9 @@ class DataParallel:
         self.sampler = sampler(samples, seed, world.rank, world.size)
         if world.config.strategy == "fsdp":
             self.module = _fsdp(model)
-        else:
-            self.module = _ddp(model, world, self.traffic, seed, self.steps_per_epoch)
+        else:  # DDP from the second step on: the first tells which parameters the loss reaches
+            _from_rank_0(model)
+            self._first_step = True
 
     @property
     def per_epoch(self) -> int:
@@ -505,16 +506,22 @@ class DataParallel:
 
     def sync(self, extra: Sequence[torch.nn.Parameter] = ()) -> None:
         """After `backward`: average the gradients of parameters outside the wrapped module
-        (e.g. a distillation's feature projections) across ranks."""
+        (e.g. a distillation's feature projections) across ranks; after the first step, also
+        the model's, then wrap it in DDP (`module`) for the steps after."""
         self.traffic.step()
         if self.world is None:
             return
-        import torch.distributed as dist
-
-        for p in extra:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(self.world.size)
+        if getattr(self, "_first_step", False):
+            self._first_step = False
+            trained = [p for p in self.model.parameters() if p.requires_grad]
+            reached = _average_gradients(trained, self.world.size)
+            # Parameters no loss reaches (a pooler, a head without weight) need DDP's search for
+            # unused parameters every step; its static_graph mode fails on Hugging Face models.
+            self.module = _ddp(
+                self.model, self.world, self.traffic, self.seed, self.steps_per_epoch,
+                find_unused=not all(reached),
+            )  # fmt: skip
+        _average_gradients(list(extra), self.world.size)
 
     def mean(self, total: float, count: int) -> float:
         """The mean over every rank of a per-sample sum (an epoch's loss)."""
@@ -590,16 +597,53 @@ def epoch_shard(sampler: DistributedSampler[int], epoch: int) -> torch.Tensor:
 
 
 def _ddp(
-    model: torch.nn.Module, world: World, traffic: _Traffic, seed: int, warmup: int
+    model: torch.nn.Module,
+    world: World,
+    traffic: _Traffic,
+    seed: int,
+    warmup: int,
+    find_unused: bool,
 ) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
-    # static_graph: parameters no loss reaches (a pooler, an unused head) are handled without
-    # the per-step search of find_unused_parameters. DDP broadcasts rank 0's weights here.
-    wrapped = DistributedDataParallel(model, static_graph=True)
+    # DDP broadcasts rank 0's weights and buffers here (the first step changed no weight yet).
+    wrapped = DistributedDataParallel(model, find_unused_parameters=find_unused)
     state, hook = comm_hook(world.config, traffic, seed, warmup)
     wrapped.register_comm_hook(state, hook)
     return wrapped
+
+
+def _from_rank_0(model: torch.nn.Module) -> None:
+    """Every rank starts from rank 0's weights and buffers."""
+    import torch.distributed as dist
+
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, src=0)
+
+
+def _average_gradients(params: list[torch.nn.Parameter], size: int) -> list[bool]:
+    """Average `params`' gradients over the ranks in one all-reduce (a rank whose loss did not
+    reach a parameter adds zeros); whether each got a gradient on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    if not params:
+        return []
+    got = torch.tensor([p.grad is not None for p in params], dtype=torch.int64)
+    dist.all_reduce(got, op=dist.ReduceOp.MIN)
+    anywhere = torch.tensor([p.grad is not None for p in params], dtype=torch.int64)
+    dist.all_reduce(anywhere, op=dist.ReduceOp.MAX)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(size)
+    start = 0
+    for p, used in zip(params, anywhere.tolist(), strict=True):
+        n = p.numel()
+        if used:
+            p.grad = flat[start : start + n].view_as(p).clone()
+        start += n
+    return [bool(g) for g in got.tolist()]
 
 
 def _fsdp(model: torch.nn.Module) -> torch.nn.Module:
@@ -608,11 +652,9 @@ def _fsdp(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     import torch
-    import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    for tensor in model.state_dict().values():  # every rank starts from rank 0's weights
-        dist.broadcast(tensor, src=0)
+    _from_rank_0(model)
     sharded = copy.deepcopy(model)
     for module in list(sharded.modules()):
         if isinstance(module, torch.nn.ModuleList):

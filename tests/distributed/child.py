@@ -10,7 +10,8 @@ environment (all optional, all test-only):
   as a SIGKILL would end it) or raises an error (`raise`).
 
 `python -m tests.distributed.child train OUT CHECKPOINT KIND...` trains a fresh tiny CNN on digits
-(MQ_TEST_EPOCHS epochs, default 1) with each gradient compression KIND (or `fsdp`) and writes
+(MQ_TEST_EPOCHS epochs, default 1) with each gradient compression KIND (or `fsdp`, or `unused`: a
+parameter no loss reaches) and writes
 OUT/rank<r>-<KIND>.safetensors plus OUT/rank<r>-<KIND>.json (test accuracy, data-parallel
 details). CHECKPOINT is the tiny recipe's model (its data checks need one).
 """
@@ -89,6 +90,7 @@ def _train(out: Path, checkpoint: Path, kinds: list[str]) -> None:
     """One epoch of the tiny CNN per kind, under the launch's process group."""
     import dataclasses
 
+    import torch
     from safetensors.torch import save_file
 
     from modelquant import distributed
@@ -104,12 +106,15 @@ def _train(out: Path, checkpoint: Path, kinds: list[str]) -> None:
     assert world is not None
     pipeline = Pipeline(recipe, out / "recipe.yaml", out)
     for kind in kinds:
-        cfg = (
-            distributed.DistributedConfig(strategy="fsdp")
-            if kind == "fsdp"
-            else distributed.DistributedConfig(gradient_compression=kind)  # type: ignore[arg-type]
-        )
+        if kind == "fsdp":
+            cfg = distributed.DistributedConfig(strategy="fsdp")
+        elif kind == "unused":  # a parameter no loss reaches, like a Hugging Face pooler
+            cfg = distributed.DistributedConfig()
+        else:
+            cfg = distributed.DistributedConfig(gradient_compression=kind)  # type: ignore[arg-type]
         model = build(8, 32)
+        if kind == "unused":
+            model.spare = torch.nn.Linear(3, 3)
         ctx = dataclasses.replace(
             pipeline.context(ModelState(module=model)),
             world=dataclasses.replace(world, config=cfg),
