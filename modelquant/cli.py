@@ -17,6 +17,7 @@ from typing import Annotated, Any, TextIO
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 from typer.core import TyperArgument, TyperGroup
 
 from modelquant import __version__, progress
@@ -253,11 +254,6 @@ def _say(markup: str) -> None:
     progress.current().record(Text.from_markup(markup).plain)
 
 
-def _fail(exc: ModelquantError) -> typer.Exit:
-    _say(f"[red]{exc.label}:[/] {escape(str(exc))}")
-    return typer.Exit(exc.exit_code)
-
-
 SIGNAL_GRACE_S = 5.0
 """A second Ctrl-C (or SIGTERM) this soon after the first is ignored, so that the cleanup the
 first one started (removing partial files) finishes; a later one exits at once."""
@@ -306,35 +302,56 @@ def _run_guarded(  # type: ignore[no-untyped-def]
     the step it happened in; `--debug` shows the traceback instead. Progress goes through a
     reporter (`modelquant.progress`) made for `quiet` and `log_file`.
     """
+    from modelquant import distributed
+    from modelquant.pipeline.artifacts import process_rank
+
+    if process_rank() != 0:  # under torchrun the console and the log file are rank 0's
+        quiet, log_file = True, None
     reset_step()
     with _signals(), contextlib.ExitStack() as stack:
+        code, line, exited = EXIT_OK, "", False
+        error: BaseException | None = None
         try:
-            mode = progress.choose_mode(quiet, sys.stderr)
-            stack.enter_context(progress.reporting(progress.Reporter(err, mode, log_file)))
-            fn()
-        except typer.Exit:
-            raise
-        except ModelquantError as exc:
-            if debug:
-                raise
-            raise _fail(exc) from None
-        except KeyboardInterrupt as exc:
-            if debug:
-                raise
-            word = "terminated" if isinstance(exc, Terminated) else "interrupted"
-            hint = "; rerun with --resume to continue" if resume_hint else ""
-            _say(f"[red]{word}[/] during {escape(describe_step(current_step()))}{hint}")
-            code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
-            raise typer.Exit(code) from None
-        except Exception as exc:
-            if debug:
-                raise
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            _say(
-                f"[red]internal error[/] during {escape(current_step())}: "
-                f"{type(exc).__name__}: {escape(first)} (rerun with --debug for the traceback)"
-            )
-            raise typer.Exit(EXIT_STAGE_FAILED) from None
+            try:
+                mode = progress.choose_mode(quiet, sys.stderr)
+                stack.enter_context(progress.reporting(progress.Reporter(err, mode, log_file)))
+                fn()
+            except typer.Exit as exc:
+                code, exited = exc.exit_code, True
+            except ModelquantError as exc:
+                if debug:
+                    raise
+                code, line, error = exc.exit_code, f"[red]{exc.label}:[/] {escape(str(exc))}", exc
+            except KeyboardInterrupt as exc:
+                if debug:
+                    raise
+                word = "terminated" if isinstance(exc, Terminated) else "interrupted"
+                hint = "; rerun with --resume to continue" if resume_hint else ""
+                line = f"[red]{word}[/] during {escape(describe_step(current_step()))}{hint}"
+                code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+                error = exc
+            except Exception as exc:
+                if debug:
+                    raise
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                line = (
+                    f"[red]internal error[/] during {escape(current_step())}: "
+                    f"{type(exc).__name__}: {escape(first)} (rerun with --debug for the traceback)"
+                )
+                code, error = EXIT_STAGE_FAILED, exc
+            # Under torchrun every rank ends with rank 0's code; a failure names its rank.
+            plain = Text.from_markup(line).plain if line else None
+            code, said = distributed.conclude(code, plain, error)
+            if said != plain:
+                line = escape(said) if said else ""
+            elif line and process_rank() != 0:  # failed before it joined the others
+                line = f"rank {process_rank()}: {line}"
+            if line:
+                _say(line)
+            if code != EXIT_OK or exited:
+                raise typer.Exit(code) from None
+        finally:  # --debug re-raised: the other ranks still learn that this one stopped
+            distributed.conclude(EXIT_STAGE_FAILED, f"internal error during {current_step()}", None)
 
 
 def _load(recipe: Path, overrides: list[str] | None):  # type: ignore[no-untyped-def]
@@ -371,8 +388,9 @@ def compress(
     """
 
     def work() -> None:
+        from modelquant import distributed
         from modelquant.pipeline import Pipeline
-        from modelquant.pipeline.artifacts import peek_out_dir
+        from modelquant.pipeline.artifacts import peek_out_dir, process_rank
 
         held = _hold_report(baseline_report)  # before the clear: it may be this folder's report
         if not dry_run:  # first thing: no earlier success may outlive this run, however it ends
@@ -382,11 +400,22 @@ def compress(
             spec = _load(recipe, overrides)
             if old is not None:
                 _check_baseline_metric(old, spec)
-        pipeline = Pipeline(spec, recipe, out_dir, log=_progress, resume=resume, force=force)
+        world = None
+        if not dry_run:  # under torchrun: join the other ranks (None in a single process)
+            with step("joining the other ranks"):
+                world = distributed.start(spec.train.distributed)
+        pipeline = Pipeline(
+            spec, recipe, out_dir, log=_progress, resume=resume, force=force, world=world
+        )
         if dry_run:
-            for line in pipeline.check():
-                out.print(line, highlight=False)
-            err.print("[green]plan is valid[/] (dry run: nothing was run)")
+            lines = pipeline.check()
+            if process_rank() == 0:
+                for line in lines:
+                    out.print(line, highlight=False)
+                err.print("[green]plan is valid[/] (dry run: nothing was run)")
+            return
+        if pipeline.follows:  # ranks other than 0 train alongside rank 0, then wait for it
+            pipeline.follow()
             return
         report = pipeline.run()
         if old is not None:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from modelquant.backends import BACKEND_NAMES as BACKENDS
+from modelquant.distributed import DistributedConfig
 from modelquant.errors import UserError
 from modelquant.models.spec import ModelSpec
 from modelquant.report.diff import Thresholds
@@ -282,6 +283,16 @@ class OutputConfig(_Strict):
         return v
 
 
+class TrainConfig(_Strict):
+    """How the torch stages (distill, prune fine-tuning) train, beyond their own settings."""
+
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Data-parallel training when launched by torchrun (`torchrun "
+        "--nproc_per_node N -m modelquant compress RECIPE`); ignored in a single process.",
+    )
+
+
 def _stage_item_type() -> Any:
     """A tagged union of one-key mappings `{stage_name: config}`, one tag per registered stage."""
     members = []
@@ -331,6 +342,7 @@ class Recipe(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("name")
     @classmethod

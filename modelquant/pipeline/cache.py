@@ -175,7 +175,9 @@ def stage_key(
     ctx: StageContext,
     data_hashes: dict[str, str],
 ) -> str:
-    """The key of one stage: everything its output depends on."""
+    """The key of one stage: everything its output depends on (a torch stage trained by several
+    ranks, their number and how they exchanged gradients)."""
+    world = ctx.world.key_parts() if ctx.world is not None and stage.produces == "torch" else []
     return hash_parts(
         previous,
         input_content,
@@ -190,6 +192,7 @@ def stage_key(
         else None,
         library_versions(),
         __version__,
+        *world,
     )
 
 
@@ -204,6 +207,11 @@ class StageCache:
         self.scratch = root if writes else Path(tempfile.mkdtemp(prefix="modelquant-cache-"))
         """Where stages keep caches finer than a stage (calibration ranges): the cache itself,
         or a private temp folder on ranks that do not write."""
+
+    def close(self) -> None:
+        """Remove the private scratch folder of a rank that does not write (nothing else)."""
+        if not self.writes:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def entry(self, index: int, name: str, key: str) -> Path:
         return self.root / f"{index:02d}-{name}-{key[:16]}"
@@ -259,7 +267,9 @@ class StageCache:
 
     def commit(self, work: Path, entry: Path, new: ModelState, record: StageRecord) -> ModelState:
         """Save what the stage produced into its work folder, then rename it into place."""
-        if not self.writes:
+        if not self.writes:  # the model stays in memory; its private work folder goes
+            if new.onnx_path is None or not new.onnx_path.is_relative_to(work):
+                self.abandon(work)
             return new
         meta: dict[str, Any] = {"seconds": record.seconds, "details": record.details}
         try:

@@ -29,7 +29,7 @@ diagnosis, not a measurement (the speedup comes from the timed runs), so it stay
 
 def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     """Evaluate baseline and compressed (and backend variants) and build the report."""
-    from modelquant import gates
+    from modelquant import distributed, gates
     from modelquant.environment import environment
     from modelquant.errors import step
     from modelquant.evaluator import evaluate_models
@@ -38,6 +38,9 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     recipe = pipeline.recipe
     published = pipeline.artifacts.published
     env = environment()
+    env.distributed = distributed.environment_info(
+        pipeline.world, [r.details for r in result.state.lineage]
+    )
     pipeline.log("measuring baseline and compressed")
     variants = {
         role.removeprefix("variant."): pipeline.artifacts.path(role)

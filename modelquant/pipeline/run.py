@@ -4,11 +4,15 @@ models, then (unless asked not to) measure baseline and compressed and build the
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from modelquant import distributed
+from modelquant.distributed import World
 from modelquant.errors import StageError, UserError, step
 from modelquant.pipeline import cache, ownership
 from modelquant.pipeline.artifacts import Artifacts, clear_reports, default_out_dir
@@ -48,8 +52,11 @@ class Pipeline:
         resume: bool = False,
         force: bool = False,
         command: str = "compress",
+        world: World | None = None,
     ) -> None:
         self.recipe = recipe
+        self.world = world
+        """The ranks of a torchrun launch (`distributed.start`), None in a single process."""
         self.recipe_path = recipe_path
         self.base_dirs = (recipe_path.resolve().parent,)
         self.log = log
@@ -133,6 +140,7 @@ class Pipeline:
             task=self.recipe.metric_task,
             timing=self.plan.timing(),
             budget=self.plan.budget(),
+            world=self.world,
         )
 
     # ------------------------------------------------------------------ run
@@ -144,8 +152,23 @@ class Pipeline:
         with step("measuring"):
             return measure(self, result)
 
+    @property
+    def follows(self) -> bool:
+        """A rank other than 0 under torchrun: it trains alongside rank 0 and nothing else."""
+        return self.world is not None and not self.world.leads
+
+    def follow(self) -> None:
+        """What a rank other than 0 does: check, load, and run the torch stages in lockstep with
+        rank 0 (the first stage that is not one ends its part); it writes nothing."""
+        self._stages()
+
     def run_stages(self) -> StagesResult:
         """Check, load the model, run every stage (or take it from the cache) and publish."""
+        result = self._stages()
+        assert result is not None
+        return result
+
+    def _stages(self) -> StagesResult | None:
         from modelquant.models import model_key
 
         self.check()
@@ -155,18 +178,45 @@ class Pipeline:
         with step("loading the model"):
             loaded = self.plan.model()
             key = model_key(self.recipe.model, list(self.base_dirs))
-        with step("exporting the baseline"):
-            if loaded.onnx_path is not None:
-                source = loaded.onnx_path
-            else:
-                source = self._export_cached(loaded, key, "baseline")
-            self.artifacts.publish_onnx("baseline", source, "baseline.onnx")
-        baseline = loaded.replace(onnx_path=self.artifacts.path("baseline"))
+        baseline = loaded
+        if not self.follows:
+            with step("exporting the baseline"):
+                if loaded.onnx_path is not None:
+                    source = loaded.onnx_path
+                else:
+                    source = self._export_cached(loaded, key, "baseline")
+                self.artifacts.publish_onnx("baseline", source, "baseline.onnx")
+            baseline = loaded.replace(onnx_path=self.artifacts.path("baseline"))
         ctx = self.context(baseline)
-        state = loaded
+        try:
+            state, key, last_published, states = self._each_stage(ctx, loaded, key)
+        finally:
+            self.cache.close()
+        if self.follows:
+            return None
+        if self.resume:
+            self.log(self._resumed_line())
+        with step("exporting the compressed model"):
+            if not state.lineage:
+                self.artifacts.alias("compressed", "baseline")
+            elif state.onnx_path is not None and last_published:
+                self.artifacts.published["compressed"] = last_published
+            else:
+                final = self._export_cached(state, key, "final")
+                self.artifacts.publish_onnx("compressed", final, "model.compressed.onnx")
+        return StagesResult(baseline, state, self.artifacts.path("compressed"), states)
+
+    def _each_stage(
+        self, ctx: StageContext, state: ModelState, key: str
+    ) -> tuple[ModelState, str, str, list[ModelState]]:
+        """Run (or take from the cache) the stages in order; (final state, its key, the name of
+        the last published ONNX file, the state after each stage). A follower stops at the first
+        stage that is not torch."""
         states: list[ModelState] = []
         last_published = ""
         for i, stage in enumerate(self.stages, 1):
+            if self.follows and stage.produces != "torch":
+                break  # rank 0 alone exports, quantizes and measures
             before = state
             with step(f"stage {i} {stage.name}"):  # publishing included: Ctrl-C names the stage
                 key = cache.stage_key(
@@ -187,35 +237,70 @@ class Pipeline:
                         if before.variants.get(backend) != path:
                             vname = self.artifacts.unique(stage.variant_name(backend), i)
                             self.artifacts.publish_onnx(f"variant.{backend}", path, vname)
-        if self.resume:
-            self.log(self._resumed_line())
-        with step("exporting the compressed model"):
-            if not state.lineage:
-                self.artifacts.alias("compressed", "baseline")
-            elif state.onnx_path is not None and last_published:
-                self.artifacts.published["compressed"] = last_published
-            else:
-                final = self._export_cached(state, key, "final")
-                self.artifacts.publish_onnx("compressed", final, "model.compressed.onnx")
-        return StagesResult(baseline, state, self.artifacts.path("compressed"), states)
+        return state, key, last_published, states
 
     def _run_stage(
         self, index: int, stage: Stage, state: ModelState, ctx: StageContext, key: str
     ) -> ModelState:
         settings = stage.config.model_dump(mode="json")
         entry = self.cache.entry(index, stage.name, key)
-        hit = self.cache.load(entry, stage, state, ctx)
+        # Torch stages run on every rank of a torchrun launch, in lockstep (distributed.lockstep).
+        together = self.world if stage.produces == "torch" else None
+        with distributed.lockstep(together, stage.name):
+            hit = self.cache.load(entry, stage, state, ctx)
+            if together is not None:
+                hit = self._agreed_hit(hit, entry, stage, state, ctx)
+            if hit is None:
+                return self._run_fresh(index, stage, state, ctx, entry, settings)
+        cached, meta = hit
+        self.reused.append(index)
+        if self.resume:
+            self.log(f"stage {index} {stage.name}: reused from the earlier run (key {key[:8]})")
+        else:
+            self.log(f"stage {index} {stage.name}: cached")
+        record = StageRecord(stage.name, settings, meta["seconds"], meta["details"], cached=True)
+        return cached.replace(lineage=(*state.lineage, record))
+
+    def _agreed_hit(
+        self,
+        hit: tuple[ModelState, dict[str, Any]] | None,
+        entry: Path,
+        stage: Stage,
+        state: ModelState,
+        ctx: StageContext,
+    ) -> tuple[ModelState, dict[str, Any]] | None:
+        """Every rank takes rank 0's word on a torch stage's cache entry: rank 0 found none, so
+        all train; rank 0 found one, so none trains, and a rank without it (another machine's
+        disk) gets its files from rank 0."""
+        assert self.world is not None
+        flags = distributed.all_flags(self.world, hit is not None)
+        if not flags[0]:
+            return None
+        if all(flags):
+            return hit
+        files = None
+        if self.world.leads:
+            files = {p.name: p.read_bytes() for p in entry.iterdir() if p.is_file()}
+        received = distributed.share_files(self.world, files)
         if hit is not None:
-            cached, meta = hit
-            self.reused.append(index)
-            if self.resume:
-                self.log(f"stage {index} {stage.name}: reused from the earlier run (key {key[:8]})")
-            else:
-                self.log(f"stage {index} {stage.name}: cached")
-            record = StageRecord(
-                stage.name, settings, meta["seconds"], meta["details"], cached=True
-            )
-            return cached.replace(lineage=(*state.lineage, record))
+            return hit
+        with tempfile.TemporaryDirectory(prefix="modelquant-entry-") as folder:
+            for name, data in received.items():
+                (Path(folder) / name).write_bytes(data)
+            hit = self.cache.load(Path(folder), stage, state, ctx)
+        if hit is None:
+            raise StageError(stage.name, "rank 0's cached entry did not load on this rank")
+        return hit
+
+    def _run_fresh(
+        self,
+        index: int,
+        stage: Stage,
+        state: ModelState,
+        ctx: StageContext,
+        entry: Path,
+        settings: dict[str, Any],
+    ) -> ModelState:
         work = self.cache.begin(entry)
         try:  # from here until the entry is in place, any way out removes the work folder
             stage_ctx = dataclasses.replace(ctx, work_dir=work, details={})

@@ -19,6 +19,7 @@ from modelquant.report.rows import (
     TRANSFORMER_HEADER,
     auto_tables,
     comparison_rows,
+    data_parallel_line,
     fallback_rows,
     fmt_bytes,
     fmt_metric,
@@ -399,6 +400,8 @@ def _environment(report: Report) -> str:
         f"python {env.python}, torch {env.torch}, onnx {env.onnx}, onnxruntime {env.onnxruntime}",
         f"platform: {env.platform}",
     ]
+    if env.distributed is not None:
+        items.append(data_parallel_line(env.distributed))
     for name, status in env.backends.items():
         state = "available" if status.available else f"unavailable: {status.reason}"
         versions = ", ".join(f"{k} {v}" for k, v in status.versions.items())

@@ -9,6 +9,7 @@ from modelquant.report.rows import (
     TRANSFORMER_HEADER,
     auto_tables,
     comparison_rows,
+    data_parallel_line,
     fallback_rows,
     gate_cells,
     latency_batches,
@@ -179,6 +180,8 @@ def render_markdown(report: Report) -> str:
     threads = _threads(report)
     if threads:
         parts.append(f"- intra-op threads: {threads}")
+    if env.distributed is not None:
+        parts.append(f"- {data_parallel_line(env.distributed)}")
     for name, status in env.backends.items():
         state = "available" if status.available else f"unavailable: {status.reason}"
         parts.append(f"- backend {name}: {state}")

@@ -141,6 +141,20 @@ class BackendStatus(_Model):
     versions: dict[str, str] = Field(default_factory=dict)
 
 
+class DataParallelInfo(_Model):
+    """How the torch stages trained under torchrun."""
+
+    world_size: int = Field(description="Processes (ranks) that trained together.")
+    backend: str = Field(description="torch.distributed backend (gloo on CPUs).")
+    strategy: str = Field(description="ddp (replicated) or fsdp (sharded).")
+    gradient_compression: str = Field(description="How gradients were exchanged.")
+    per_rank_batch_size: list[int] = Field(
+        default_factory=list,
+        description="Training batch per rank, for each distinct size the stages used (the "
+        "recipe's batch_size is the global batch, split across the ranks).",
+    )
+
+
 class Environment(_Model):
     python: str
     platform: str
@@ -151,6 +165,9 @@ class Environment(_Model):
     cpu_flags: list[str]
     cores: int
     backends: dict[str, BackendStatus] = Field(default_factory=dict)
+    distributed: DataParallelInfo | None = Field(
+        None, description="Data-parallel training under torchrun (None: one process)."
+    )
 
 
 class Report(_Model):

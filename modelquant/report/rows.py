@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelquant.latency_profile import BatchLatency, op_rows
-from modelquant.report.model import Gate, ModelResult, Report, Speedup
+from modelquant.report.model import DataParallelInfo, Gate, ModelResult, Report, Speedup
 
 
 def fmt_bytes(n: int) -> str:
@@ -215,6 +215,15 @@ def transformer_tables(report: Report) -> list[tuple[str, list[list[str]]]]:
         ]
         found.append((f"stage {i} {stage.name}: attention heads and FFN width per layer", rows))
     return found
+
+
+def data_parallel_line(info: DataParallelInfo) -> str:
+    """The environment line of a run whose torch stages trained under torchrun."""
+    batch = ", ".join(str(b) for b in info.per_rank_batch_size) or "none trained"
+    return (
+        f"data-parallel training: {info.world_size} ranks ({info.backend}, {info.strategy}), "
+        f"gradient compression {info.gradient_compression}, per-rank batch {batch}"
+    )
 
 
 def stage_notes(settings: dict[str, Any], details: dict[str, Any]) -> str:

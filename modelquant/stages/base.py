@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from modelquant.data import Dataset
+    from modelquant.distributed import World
     from modelquant.recipe import DataSpec
     from modelquant.state import ModelState
 
@@ -81,6 +82,9 @@ class StageContext:
     """How the run times models; part of the key of stages that time (`Stage.searches`)."""
     budget: Budget | None = None
     """The drop the recipe's gates allow; part of the key of stages that search."""
+    world: World | None = None
+    """The ranks of a torchrun launch (None: one process): a trainer shards its data and syncs
+    gradients across them (`distributed.DataParallel`); part of the key of torch stages."""
 
 
 class Stage(ABC):

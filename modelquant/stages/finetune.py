@@ -102,14 +102,16 @@ def finetune(
     lengths) are cut to their longest sample: padding costs time and teaches nothing."""
     import torch
 
-    from modelquant import progress
+    from modelquant import distributed, progress
 
     data = train_data(ctx, needs_labels)
     xs = {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in data.inputs.items()}
     ys = None if data.labels is None else torch.from_numpy(np.ascontiguousarray(data.labels))
     lengths = None if data.lengths is None else torch.from_numpy(data.lengths.astype(np.int64))
     samples = len(data)
-    params = [p for p in (*model.parameters(), *extra_params) if p.requires_grad]
+    # Under torchrun: DDP/FSDP, this rank's shard and share of the batch; alone: the model as is.
+    dp = distributed.DataParallel(model, ctx.world, cfg.batch_size, ctx.seed, samples)
+    params = [p for p in (*dp.module.parameters(), *extra_params) if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -119,7 +121,7 @@ def finetune(
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch_losses: list[float] = []
-    steps_per_epoch = -(-samples // cfg.batch_size)
+    steps_per_epoch = dp.steps_per_epoch
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     warmup = max(1, round(0.06 * total_steps))
 
@@ -134,26 +136,29 @@ def finetune(
         deterministic(ctx.seed),
         progress.task(label, total=cfg.epochs * steps_per_epoch, unit="steps") as bar,
     ):
-        order_rng = torch.Generator().manual_seed(ctx.seed)
-        model.train()
+        dp.module.train()
         for epoch in range(cfg.epochs):
             total = 0.0
-            for idx in epoch_batches(samples, cfg.batch_size, order_rng, lengths):
+            for idx in dp.epoch_batches(epoch, lengths):
                 batch = {n: x[idx] for n, x in xs.items()}
                 if lengths is not None:
                     longest = int(lengths[idx].max())
                     batch = {n: x[:, :longest] if x.dim() >= 2 else x for n, x in batch.items()}
                 opt.zero_grad()
-                loss = loss_fn(model, batch, None if ys is None else ys[idx])
+                loss = loss_fn(dp.module, batch, None if ys is None else ys[idx])
                 loss.backward()
+                dp.sync(extra_params)
                 opt.step()
                 scheduler.step()
                 value = float(loss.detach())
                 total += value * len(idx)
                 bar.advance(info=f"loss {value:.4f}")
-            epoch_losses.append(total / samples)
+            epoch_losses.append(dp.mean(total, dp.per_epoch))
             bar.note(f"epoch {epoch + 1}/{cfg.epochs}, loss {epoch_losses[-1]:.4f}")
+        dp.finish()
         model.eval()
+    if dp.details() is not None:
+        ctx.details["data_parallel"] = dp.details()
     return {
         "epochs": cfg.epochs,
         "loss_first_epoch": epoch_losses[0] if epoch_losses else None,
@@ -162,20 +167,26 @@ def finetune(
 
 
 def epoch_batches(
-    samples: int, batch_size: int, rng: torch.Generator, lengths: torch.Tensor | None
+    samples: int,
+    batch_size: int,
+    rng: torch.Generator,
+    lengths: torch.Tensor | None,
+    order: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """One epoch's batches of sample indices, in a seeded random order. Text (per-sample lengths)
+    """One epoch's batches of sample indices, in a seeded random order (`order`, when given: the
+    samples to batch in that order, e.g. a rank's shard under torchrun). Text (per-sample lengths)
     is batched by length: the shuffled samples are sorted within windows of 16 batches and the
     batches then shuffled, so a batch of short sentences is not padded to a long one's length
     (the order stays random between windows and between batches)."""
     import torch
 
-    order = torch.randperm(samples, generator=rng)
+    if order is None:
+        order = torch.randperm(samples, generator=rng)
     if lengths is None:
         return list(order.split(batch_size))
     batches: list[torch.Tensor] = []
     window = batch_size * 16
-    for start in range(0, samples, window):
+    for start in range(0, len(order), window):
         chunk = order[start : start + window]
         chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
         batches.extend(chunk.split(batch_size))
