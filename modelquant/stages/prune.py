@@ -234,7 +234,11 @@ class Prune(Stage):
         self._anchor = embeddings(self._reference(ctx), validation) if metric == "cosine" else None
         ctx.details.update(
             method=cfg.method,
-            asked_sparsity=cfg.sparsity,
+            **(
+                {}
+                if cfg.method == "structured" and state.hf is not None
+                else {"asked_sparsity": cfg.sparsity}
+            ),
             params_before=params_before,
             nonzero_params_before=nonzero_before,
             **{f"{metric}_on": validation.description},
