@@ -13,8 +13,9 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from modelquant.data import Batch
+    from modelquant.data import Batch, Dataset
     from modelquant.models.hf import HfModel
+    from modelquant.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class ModelState:
         return "onnx" if self.onnx_path is not None else "torch"
 
 
+def first_output(out: Any) -> torch.Tensor:
+    """A model's first output: the first field of a transformers ModelOutput, the first of a
+    tuple or list, or the tensor itself."""
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    return out[0] if isinstance(out, tuple | list) else out
+
+
 def torch_forward(module: torch.nn.Module, batch: Batch) -> np.ndarray:
     """Run a torch module on a numpy batch (inputs in the batch's order); first output as numpy."""
     import torch
@@ -58,11 +67,18 @@ def torch_forward(module: torch.nn.Module, batch: Batch) -> np.ndarray:
             out = module(**tensors)
         else:
             out = module(*tensors.values())
-    if hasattr(out, "to_tuple"):  # a transformers ModelOutput: its first field
-        out = out.to_tuple()[0]
-    if isinstance(out, tuple | list):
-        out = out[0]
-    return out.detach().cpu().numpy()
+    return first_output(out).detach().cpu().numpy()
+
+
+def torch_outputs(
+    module: torch.nn.Module, data: Dataset, task: Task, batch_size: int
+) -> np.ndarray:
+    """`module`'s first output over all of `data` in eval mode, reduced as `task` compares it
+    (pooled embeddings): what `evaluator.predict` gives for an ONNX file."""
+    module.eval()
+    return np.concatenate(
+        [task.reduce(batch, torch_forward(module, batch)) for batch, _ in data.batches(batch_size)]
+    )
 
 
 DEFAULT_OPSET = 17

@@ -156,6 +156,7 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
     idx = split_rows(len(rows), spec.split)
     if len(idx) == 0:
         raise UserError(f"{path}: split {spec.split} has no rows ({len(rows)} in the file)")
+    tok = hf.tokenizer(tokenizer_dir)
     chosen = [texts[i] for i in idx]
     chosen_pairs = [pairs[i] for i in idx] if pairs is not None else None
     chosen_labels = None if labels is None else labels[idx]
@@ -170,10 +171,9 @@ def load(spec: DataSpec, base_dir: Path) -> Dataset:
 
         if len(chosen) < 2:
             raise UserError(f"{path}: generate: needs at least 2 texts in the split to recombine")
-        words = vocabulary_words(hf.tokenizer(tokenizer_dir))
+        words = vocabulary_words(tok)
         chosen = chosen + generate_texts(chosen, spec.generate, vocabulary=words)
         description += f"+{spec.generate} generated"
-    tok = hf.tokenizer(tokenizer_dir)
     max_length = spec.max_length or DEFAULT_MAX_LENGTH
     encoded = tok(
         chosen,

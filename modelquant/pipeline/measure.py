@@ -114,13 +114,12 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
 def step_trail(pipeline: Pipeline, result: StagesResult) -> list[StepQuality]:
     """Each stage's model scored on the evaluation data against the baseline (torch models in
     torch, ONNX files in onnxruntime on the CPU): the accuracy cost of every step."""
-    import numpy as np
 
     from modelquant import metrics
     from modelquant.backends import get_backend
     from modelquant.evaluator import model_outputs
     from modelquant.models import onnx_file
-    from modelquant.state import parameter_counts, torch_forward
+    from modelquant.state import parameter_counts, torch_outputs
     from modelquant.tasks import get_task
 
     recipe = pipeline.recipe
@@ -140,13 +139,7 @@ def step_trail(pipeline: Pipeline, result: StagesResult) -> list[StepQuality]:
             params, runtime = onnx_file.param_counts(state.onnx_path)[0], "onnxruntime cpu"
         else:
             assert state.module is not None
-            state.module.eval()
-            out = np.concatenate(
-                [
-                    task.reduce(b, torch_forward(state.module, b))
-                    for b, _ in data.batches(batch_size)
-                ]
-            )
+            out = torch_outputs(state.module, data, task, batch_size)
             params, runtime = parameter_counts(state.module)[0], "torch"
         similarity = task.similarity(out, reference)
         if similarity is not None:

@@ -23,7 +23,7 @@ from modelquant.stages.finetune import (
     similarity_to,
 )
 from modelquant.stages.prune import layer_weight
-from modelquant.state import ModelState, parameter_counts
+from modelquant.state import ModelState, first_output, parameter_counts
 
 if TYPE_CHECKING:
     import torch
@@ -185,12 +185,6 @@ class DistillConfig(StageConfig):
         return self
 
 
-def _first(out: Any) -> torch.Tensor:
-    if hasattr(out, "to_tuple"):  # a transformers ModelOutput
-        out = out.to_tuple()
-    return out[0] if isinstance(out, tuple | list) else out
-
-
 class _FeatureTaps:
     """Forward hooks that keep the latest output of named modules."""
 
@@ -208,7 +202,7 @@ class _FeatureTaps:
 
     def _keep(self, name: str) -> Any:
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
-            self.outputs[name] = _first(output)
+            self.outputs[name] = first_output(output)
 
         return hook
 
@@ -282,8 +276,11 @@ class Distill(Stage):
         student = self.config.student
         if student == "current":
             return super().skeleton(state, ctx)
-        if isinstance(student, StudentFromTeacher):
-            return keep_layers(self._teacher(ctx), student.from_teacher.layers)
+        if isinstance(student, StudentFromTeacher):  # keep_layers copies: no copy of the teacher
+            source = ctx.baseline.module if self.config.teacher == "baseline" else None
+            if source is None:
+                source = self._teacher(ctx)
+            return keep_layers(source, student.from_teacher.layers)
         return self._load(student, ctx)
 
     def _teacher(self, ctx: StageContext) -> torch.nn.Module:
@@ -405,7 +402,7 @@ class Distill(Stage):
             if losses.kl:
                 kl = F.kl_div(
                     F.log_softmax(s_heads[0] / temperature, dim=-1),
-                    F.softmax(_first(t_out) / temperature, dim=-1),
+                    F.softmax(first_output(t_out) / temperature, dim=-1),
                     reduction="batchmean",
                 )
                 loss = loss + losses.kl * temperature**2 * kl
@@ -498,8 +495,8 @@ class Distill(Stage):
         ) -> torch.Tensor:
             mask = inputs["attention_mask"]
             with torch.no_grad():
-                target = pooled(_first(call(teacher, inputs)), mask)
-            got = pooled(_first(call(model, inputs)), mask)
+                target = pooled(first_output(call(teacher, inputs)), mask)
+            got = pooled(first_output(call(model, inputs)), mask)
             loss = torch.zeros(())
             if losses.cosine:
                 loss = loss + losses.cosine * (1 - (got * target).sum(dim=-1)).mean()
@@ -567,10 +564,10 @@ class Distill(Stage):
                     f"({type(exc).__name__}: {first}); give a student that takes the teacher's "
                     "inputs"
                 ) from None
-            ref = _first(call(teacher, args))
-        if tuple(_first(out).shape) != tuple(ref.shape):
+            ref = first_output(call(teacher, args))
+        if tuple(first_output(out).shape) != tuple(ref.shape):
             raise UserError(
-                f"distill student outputs shape {tuple(_first(out).shape)}, the teacher "
+                f"distill student outputs shape {tuple(first_output(out).shape)}, the teacher "
                 f"{tuple(ref.shape)}: give a student with the teacher's number of classes"
             )
         heads = len(out) if isinstance(out, tuple | list) else 1

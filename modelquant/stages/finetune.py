@@ -206,13 +206,10 @@ def accuracy(model: torch.nn.Module, data: Dataset, batch_size: int = 256) -> fl
 
 def embeddings(model: torch.nn.Module, data: Dataset, batch_size: int = 32) -> np.ndarray:
     """A sentence encoder's pooled, normalized embeddings of `data`, as the metric makes them."""
-    from modelquant.state import torch_forward
-    from modelquant.tasks import FEATURE_EXTRACTION as task
+    from modelquant.state import torch_outputs
+    from modelquant.tasks import FEATURE_EXTRACTION
 
-    model.eval()
-    return np.concatenate(
-        [task.reduce(batch, torch_forward(model, batch)) for batch, _ in data.batches(batch_size)]
-    )
+    return torch_outputs(model, data, FEATURE_EXTRACTION, batch_size)
 
 
 def similarity_to(
@@ -237,19 +234,15 @@ def cosine_loss(reference: torch.nn.Module) -> LossFn:
     import torch
 
     from modelquant.models.transformer import pooled
+    from modelquant.state import first_output
 
     reference.eval()
-
-    def first(out: Any) -> torch.Tensor:
-        if hasattr(out, "to_tuple"):
-            out = out.to_tuple()
-        return out[0] if isinstance(out, tuple | list) else out
 
     def loss(model: torch.nn.Module, inputs: TensorBatch, labels: torch.Tensor | None) -> Any:
         mask = inputs["attention_mask"]
         with torch.no_grad():
-            target = pooled(first(call(reference, inputs)), mask)
-        got = pooled(first(call(model, inputs)), mask)
+            target = pooled(first_output(call(reference, inputs)), mask)
+        got = pooled(first_output(call(model, inputs)), mask)
         return (1 - (got * target).sum(dim=-1)).mean()
 
     return loss
