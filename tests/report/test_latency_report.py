@@ -23,12 +23,12 @@ from modelquant.report.markdown import render_markdown
 from modelquant.report.model import (
     BackendResult,
     Deltas,
-    Environment,
     ModelResult,
     Report,
     StageEntry,
 )
 from modelquant.report.rows import auto_tables, stage_notes
+from tests.report.fakes import environment
 
 runner = CliRunner()
 WARNING = "compressed model is slower than the baseline on cpu at every batch size"
@@ -206,16 +206,7 @@ def _report() -> Report:
         status="passed",
         created="now",
         recipe=recipe.model_dump(mode="json"),
-        environment=Environment(
-            python="3.11",
-            platform="linux",
-            torch=None,
-            onnx="1",
-            onnxruntime="1",
-            cpu="cpu",
-            cpu_flags=[],
-            cores=2,
-        ),
+        environment=environment(),
         stages=[
             StageEntry(
                 name="quantize",

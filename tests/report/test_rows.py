@@ -13,7 +13,6 @@ from modelquant.report.markdown import render_markdown
 from modelquant.report.model import (
     BackendResult,
     Deltas,
-    Environment,
     LatencyStats,
     ModelResult,
     Report,
@@ -21,6 +20,7 @@ from modelquant.report.model import (
     StageEntry,
 )
 from modelquant.report.rows import comparison_rows, stage_notes
+from tests.report.fakes import environment
 
 RECIPE = {
     "name": "r",
@@ -78,16 +78,7 @@ def _report() -> Report:
         status="passed",
         created="now",
         recipe=recipe.model_dump(mode="json"),
-        environment=Environment(
-            python="3.11",
-            platform="linux",
-            torch=None,
-            onnx="1",
-            onnxruntime="1",
-            cpu="cpu",
-            cpu_flags=[],
-            cores=2,
-        ),
+        environment=environment(),
         stages=[
             StageEntry(
                 name="quantize",
