@@ -114,6 +114,8 @@ class Evaluation:
     compressed: ModelResult
     deltas: Deltas
     variants: dict[str, ModelResult] = field(default_factory=dict)
+    cpu_outputs: dict[Path, np.ndarray] = field(default_factory=dict)
+    """Each file's reduced CPU outputs on the evaluation data (what its metric was scored on)."""
 
 
 def _npu_refusal(path: Path, batch: int) -> str | None:
@@ -157,6 +159,8 @@ class _Measured:
     variant_accuracy: dict[str, float] = field(default_factory=dict)
     similarity: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Role -> cosine statistics to the baseline on the CPU (feature extraction)."""
+    cpu_outputs: dict[Path, np.ndarray] = field(default_factory=dict)
+    """Every file's reduced CPU outputs on all of the data, as scored."""
 
 
 def _measure(
@@ -176,7 +180,7 @@ def _measure(
     labels = _labels(data, task)
     measured = _Measured({role: {} for role in models}, {}, {})
     cpu = get_backend("cpu")
-    cpu_outputs: dict[Path, np.ndarray] = {}  # every file's CPU outputs on all of `data`, once
+    cpu_outputs = measured.cpu_outputs  # every file's CPU outputs on all of `data`, once
     fp8: dict[Path, bool] = {}
 
     def on_cpu(path: Path) -> np.ndarray:
@@ -345,7 +349,7 @@ def evaluate_models(
         params_ratio=comp.params / base.params if base.params else 1.0,
         speedup=m.speedups,
     )
-    return Evaluation(base, comp, deltas, described_variants)
+    return Evaluation(base, comp, deltas, described_variants, m.cpu_outputs)
 
 
 def evaluate_model(

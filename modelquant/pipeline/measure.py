@@ -17,6 +17,10 @@ from modelquant.report.model import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+
     from modelquant.latency_profile import LatencyProfile
     from modelquant.pipeline.run import Pipeline, StagesResult
     from modelquant.recipe import Recipe
@@ -65,7 +69,7 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     for backend, variant in measured.variants.items():
         variant.path = published[f"variant.{backend}"]
     with step("scoring each stage's model"):
-        trail = step_trail(pipeline, result)
+        trail = step_trail(pipeline, result, measured.cpu_outputs)
     judged = gates.judge(recipe, base, comp, deltas)
     # A stage that judges its own result (the quantize stage's accuracy budget) says so.
     judged += [
@@ -111,9 +115,12 @@ def measure(pipeline: Pipeline, result: StagesResult) -> Report:
     )
 
 
-def step_trail(pipeline: Pipeline, result: StagesResult) -> list[StepQuality]:
+def step_trail(
+    pipeline: Pipeline, result: StagesResult, scored: dict[Path, np.ndarray] | None = None
+) -> list[StepQuality]:
     """Each stage's model scored on the evaluation data against the baseline (torch models in
-    torch, ONNX files in onnxruntime on the CPU): the accuracy cost of every step."""
+    torch, ONNX files in onnxruntime on the CPU): the accuracy cost of every step. `scored`: the
+    evaluator's CPU outputs per file, reused for the baseline and the final model."""
 
     from modelquant import metrics
     from modelquant.backends import get_backend
@@ -129,13 +136,20 @@ def step_trail(pipeline: Pipeline, result: StagesResult) -> list[StepQuality]:
     cpu = get_backend("cpu")
     assert result.baseline.onnx_path is not None
     pipeline.log("scoring the model after each stage on the evaluation data")
-    reference = model_outputs(
-        result.baseline.onnx_path, data, cpu, batch_size=batch_size, task=task
-    )
+    scored = dict(scored or {})
+
+    def on_cpu(path: Path) -> np.ndarray:
+        if path not in scored:
+            scored[path] = model_outputs(path, data, cpu, batch_size=batch_size, task=task)
+        return scored[path]
+
+    reference = on_cpu(result.baseline.onnx_path)
     trail: list[StepQuality] = []
     for state in result.states:
         if state.onnx_path is not None:
-            out = model_outputs(state.onnx_path, data, cpu, batch_size=batch_size, task=task)
+            # The last stage's file is the one published as the compressed model.
+            final = state is result.state and result.compressed in scored
+            out = on_cpu(result.compressed if final else state.onnx_path)
             params, runtime = onnx_file.param_counts(state.onnx_path)[0], "onnxruntime cpu"
         else:
             assert state.module is not None
